@@ -1,0 +1,1 @@
+"""(predictions, ground truth) -> training targets. Pure functions, no parameters."""
