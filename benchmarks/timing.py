@@ -1,0 +1,101 @@
+"""Timing helpers shared by the benchmark scripts: warm-up, median of runs, environment record."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+
+@dataclasses.dataclass
+class Timing:
+    """Wall-clock seconds of repeated calls after warm-up."""
+
+    median_s: float
+    min_s: float
+    runs: int
+    first_call_s: float | None = None  # the first call: compile time for jitted functions
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return dataclasses.asdict(self)
+
+
+def block(tree: Any) -> Any:
+    """Waits for every jax array in `tree` (no-op for numpy / torch values)."""
+    return jax.block_until_ready(tree)
+
+
+def time_fn(fn: Callable[[], Any], runs: int = 5, warmup: int = 1, sync=block) -> Timing:
+    """Times `fn()`; the first call is reported separately (it includes compilation)."""
+    start = time.perf_counter()
+    sync(fn())
+    first = time.perf_counter() - start
+    for _ in range(max(warmup - 1, 0)):
+        sync(fn())
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        sync(fn())
+        times.append(time.perf_counter() - start)
+    return Timing(statistics.median(times), min(times), runs, first)
+
+
+def environment() -> dict[str, Any]:
+    """What a benchmark figure needs beside it: date, device, versions, commit, threads."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit,
+        "jax": jax.__version__,
+        "device": str(jax.devices()[0].device_kind),
+        "platform": jax.default_backend(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+    }
+    try:
+        import torch  # optional: only for the side-by-side columns
+        import torchvision
+
+        env["torch"] = torch.__version__
+        env["torchvision"] = torchvision.__version__
+        env["torch_threads"] = torch.get_num_threads()
+    except Exception:  # any import failure means "no torchvision column"
+        pass
+    return env
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A GitHub-markdown table of `rows` restricted to `columns` (floats to 4 significant)."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(cell(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)

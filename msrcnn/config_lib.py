@@ -1,0 +1,112 @@
+"""The base configuration shared by experiments/*.py, and builders that read it.
+
+A config is an `ml_collections.ConfigDict` with sections `model`, `inference` and `data`
+(training sections arrive with the trainer). Experiments start from `base_config()` and change
+what they need; the checkpoint stores the config as JSON so a checkpoint rebuilds its own model.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_collections
+
+from msrcnn.inference import InferenceConfig
+from msrcnn.models.ms_rcnn import MaskScoringRCNN
+
+# torchvision's GeneralizedRCNNTransform normalisation of RGB in [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """R50-FPN Mask Scoring R-CNN for 80 COCO classes with torchvision's test settings."""
+    config = ml_collections.ConfigDict()
+
+    config.model = ml_collections.ConfigDict(
+        {
+            "num_classes": 80,
+            "depth": 50,
+            "width": 64,
+            "stride_in_1x1": False,
+            "norm": "frozen_bn",
+            "freeze_at": 2,
+            "fpn_channels": 256,
+            "box_hidden": 1024,
+            "mask_convs": 4,
+            "mask_scoring": True,
+            "dtype": "float32",
+        }
+    )
+    defaults = InferenceConfig()
+    config.inference = ml_collections.ConfigDict(
+        {
+            "rpn_pre_nms_top_k": defaults.rpn_pre_nms_top_k,
+            "rpn_post_nms_top_k": defaults.rpn_post_nms_top_k,
+            "rpn_nms_threshold": defaults.rpn_nms_threshold,
+            "score_threshold": defaults.score_threshold,
+            "nms_threshold": defaults.nms_threshold,
+            "detections_per_image": defaults.detections_per_image,
+            "class_nms_top_k": defaults.class_nms_top_k,
+            "sampling_ratio": defaults.sampling_ratio,
+            "aligned": True,
+            "mask_threshold": 0.5,
+        }
+    )
+    config.data = ml_collections.ConfigDict(
+        {
+            "min_size": 800,
+            "max_size": 1333,
+            "size_divisibility": 32,
+            "pixel_mean": IMAGENET_MEAN,
+            "pixel_std": IMAGENET_STD,
+            # Dataset category id of each model class 1..K (index 0 is background). An empty
+            # list means ids are the model's own 1..K.
+            "category_ids": [],
+            "class_names": [],
+        }
+    )
+    return config
+
+
+def build_model(config: ml_collections.ConfigDict) -> MaskScoringRCNN:
+    m = config.model
+    return MaskScoringRCNN(
+        num_classes=m.num_classes,
+        depth=m.depth,
+        width=m.width,
+        stride_in_1x1=m.stride_in_1x1,
+        norm=m.norm,
+        freeze_at=m.freeze_at,
+        fpn_channels=m.fpn_channels,
+        box_hidden=m.box_hidden,
+        mask_convs=m.mask_convs,
+        mask_scoring=m.mask_scoring,
+        dtype=jnp.dtype(m.dtype),
+    )
+
+
+def inference_config(config: ml_collections.ConfigDict) -> InferenceConfig:
+    i = config.inference
+    return InferenceConfig(
+        rpn_pre_nms_top_k=i.rpn_pre_nms_top_k,
+        rpn_post_nms_top_k=i.rpn_post_nms_top_k,
+        rpn_nms_threshold=i.rpn_nms_threshold,
+        score_threshold=i.score_threshold,
+        nms_threshold=i.nms_threshold,
+        detections_per_image=i.detections_per_image,
+        class_nms_top_k=i.class_nms_top_k,
+        sampling_ratio=i.sampling_ratio,
+        aligned=i.aligned,
+    )
+
+
+def torchvision_inference_settings(config: ml_collections.ConfigDict) -> None:
+    """torchvision maskrcnn_resnet50_fpn's test-time behaviour, for its imported weights."""
+    config.inference.aligned = False
+    config.inference.sampling_ratio = 2
+    config.inference.rpn_pre_nms_top_k = 1000
+    config.inference.rpn_post_nms_top_k = 1000
+    config.inference.rpn_nms_threshold = 0.7
+    config.inference.score_threshold = 0.05
+    config.inference.nms_threshold = 0.5
+    config.inference.detections_per_image = 100

@@ -1,0 +1,1 @@
+"""Flax linen modules: arrays in, arrays out; no losses, no targets."""

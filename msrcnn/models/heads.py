@@ -1,0 +1,183 @@
+"""Prediction heads: RPN, box (2 FC), mask (4 conv + deconv) and MaskIoU.
+
+Modules map arrays to arrays; losses, targets and post-processing live elsewhere. Layer names
+follow torchvision where it has the layer (`conv`, `cls_logits`, `bbox_pred`, `fc6`, `fc7`,
+`cls_score`, `mask_fcn1..4`, `conv5_mask`, `mask_fcn_logits`) so imported weights map by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_RELU_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+_FC_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")  # kaiming_uniform(a=1)
+
+
+def _conv3x3(features, name, dtype, stride=1, kernel_init=_RELU_FAN_OUT):
+    return nn.Conv(
+        features,
+        (3, 3),
+        strides=(stride, stride),
+        padding=((1, 1), (1, 1)),
+        dtype=dtype,
+        kernel_init=kernel_init,
+        name=name,
+    )
+
+
+class RPNHead(nn.Module):
+    """Shared 3x3 conv + ReLU, then objectness (A) and box deltas (4A) per location.
+
+    Applied to every pyramid level with the same weights.
+
+    Attributes:
+      num_anchors: anchors per location A (3 aspect ratios x 1 size for FPN).
+      dtype: computation dtype; outputs are float32.
+    """
+
+    num_anchors: int = 3
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: list[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
+        """[B, H_l, W_l, C] per level -> (logits [B, H_l*W_l*A], deltas [B, H_l*W_l*A, 4]).
+
+        The flattening order (location-major, anchor-minor) is the anchors' order.
+        """
+        init = nn.initializers.normal(0.01)
+        conv = _conv3x3(features[0].shape[-1], "conv", self.dtype, kernel_init=init)
+        cls = nn.Conv(
+            self.num_anchors, (1, 1), dtype=self.dtype, kernel_init=init, name="cls_logits"
+        )
+        box = nn.Conv(
+            4 * self.num_anchors, (1, 1), dtype=self.dtype, kernel_init=init, name="bbox_pred"
+        )
+        logits, deltas = [], []
+        for x in features:
+            x = nn.relu(conv(x))
+            batch = x.shape[0]
+            logits.append(cls(x).astype(jnp.float32).reshape(batch, -1))
+            deltas.append(box(x).astype(jnp.float32).reshape(batch, -1, 4))
+        return logits, deltas
+
+
+class BoxHead(nn.Module):
+    """Two FC-1024 layers, then K+1 class logits and class-specific box deltas.
+
+    Attributes:
+      num_classes: K foreground classes; logits have K + 1 columns (0 is background).
+      hidden: width of the two FC layers.
+      dtype: computation dtype; outputs are float32.
+    """
+
+    num_classes: int
+    hidden: int = 1024
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, roi_features):
+        """[R, 7, 7, C] -> (class logits [R, K+1], deltas [R, K+1, 4])."""
+        x = roi_features.reshape(roi_features.shape[0], -1)  # [R, 7*7*C], H,W,C order
+        x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_FC_INIT, name="fc6")(x))
+        x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_FC_INIT, name="fc7")(x))
+        logits = nn.Dense(
+            self.num_classes + 1,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.normal(0.01),
+            name="cls_score",
+        )(x)
+        deltas = nn.Dense(
+            4 * (self.num_classes + 1),
+            dtype=self.dtype,
+            kernel_init=nn.initializers.normal(0.001),
+            name="bbox_pred",
+        )(x)
+        deltas = deltas.reshape(x.shape[0], self.num_classes + 1, 4)
+        return logits.astype(jnp.float32), deltas.astype(jnp.float32)
+
+
+class MaskHead(nn.Module):
+    """Four 3x3 conv-256 + ReLU, a 2x2 stride-2 deconv + ReLU, then K mask logits at 28x28.
+
+    Attributes:
+      num_classes: K foreground classes (one mask per class, no background mask).
+      channels: width of the convs.
+      dtype: computation dtype; logits are float32.
+    """
+
+    num_classes: int
+    channels: int = 256
+    num_convs: int = 4
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, roi_features):
+        """[R, 14, 14, C] -> mask logits [R, 28, 28, K]."""
+        x = roi_features
+        for i in range(self.num_convs):
+            x = nn.relu(_conv3x3(self.channels, f"mask_fcn{i + 1}", self.dtype)(x))
+        x = nn.ConvTranspose(
+            self.channels,
+            (2, 2),
+            strides=(2, 2),
+            padding="VALID",
+            dtype=self.dtype,
+            kernel_init=_RELU_FAN_OUT,
+            name="conv5_mask",
+        )(x)
+        x = nn.relu(x)
+        logits = nn.Conv(
+            self.num_classes,
+            (1, 1),
+            dtype=self.dtype,
+            kernel_init=nn.initializers.normal(0.001),
+            name="mask_fcn_logits",
+        )(x)
+        return logits.astype(jnp.float32)
+
+
+class MaskIoUHead(nn.Module):
+    """Predicts the IoU of each predicted mask with its ground truth (Mask Scoring R-CNN).
+
+    Input: the mask branch's RoI features [R, 14, 14, C] concatenated with a 2x2 max-pool of the
+    chosen class's soft mask (sigmoid, not binarised) -> C + 1 channels. Three 3x3 conv-256 and
+    one stride-2 3x3 conv-256 (14 -> 7), ReLU each; FC 1024, FC 1024, FC K (linear).
+
+    Attributes:
+      num_classes: K; one MaskIoU per foreground class, the caller picks the target / predicted
+        class column.
+      channels: conv width; hidden: FC width.
+      dtype: computation dtype; output is float32.
+    """
+
+    num_classes: int
+    channels: int = 256
+    hidden: int = 1024
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, roi_features, mask_probs):
+        """[R, 14, 14, C] features, [R, 28, 28] mask probabilities -> MaskIoU [R, K]."""
+        pooled = nn.max_pool(mask_probs[..., None], (2, 2), strides=(2, 2))  # [R, 14, 14, 1]
+        x = jnp.concatenate([roi_features.astype(self.dtype), pooled.astype(self.dtype)], -1)
+        for i in range(3):
+            x = nn.relu(_conv3x3(self.channels, f"maskiou_fcn{i + 1}", self.dtype)(x))
+        x = nn.relu(_conv3x3(self.channels, "maskiou_fcn4", self.dtype, stride=2)(x))  # 7x7
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(
+            nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_FC_INIT, name="maskiou_fc1")(x)
+        )
+        x = nn.relu(
+            nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_FC_INIT, name="maskiou_fc2")(x)
+        )
+        iou = nn.Dense(
+            self.num_classes,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.normal(0.01),
+            name="maskiou",
+        )(x)
+        return iou.astype(jnp.float32)

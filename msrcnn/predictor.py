@@ -1,0 +1,160 @@
+"""`Predictor`: uint8 RGB images in, detections in original image pixels out.
+
+Preprocessing follows torchvision's GeneralizedRCNNTransform: RGB / 255, mean/std
+normalisation, the shorter side scaled to `min_size` unless that makes the longer side exceed
+`max_size`, bilinear resize (align_corners=False, no antialias; skipped when the scale leaves
+the size unchanged), zero padding at the bottom/right to a multiple of `size_divisibility`.
+The detector runs under one jit per padded shape; mask pasting under one jit per original
+image shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from msrcnn import checkpointing, config_lib
+from msrcnn.inference import make_detect_fn
+from msrcnn.ops import masks as mask_ops
+
+
+@dataclasses.dataclass
+class Detections:
+    """Detections of one image, in its original pixels; N = number of detections.
+
+    Attributes:
+      boxes: [N, 4] float32 xyxy.
+      labels: [N] int dataset category ids.
+      scores: [N] class scores (rank boxes by these).
+      mask_scores: [N] class score x predicted MaskIoU (rank masks by these); equal to
+        `scores` for a model without a MaskIoU head.
+      masks: [N, H, W] bool.
+      classes: [N] the model's contiguous class indices 1..K.
+    """
+
+    boxes: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+    mask_scores: np.ndarray
+    masks: np.ndarray
+    classes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def resize_scale(image_hw: tuple[int, int], min_size: int, max_size: int) -> float:
+    """torchvision's scale: shorter side to min_size, capped so the longer side <= max_size."""
+    short, long = float(min(image_hw)), float(max(image_hw))
+    return min(min_size / short, max_size / long)
+
+
+def resized_hw(image_hw: tuple[int, int], scale: float) -> tuple[int, int]:
+    """Output size of PyTorch's interpolate(scale_factor=scale): floor(size * scale)."""
+    return tuple(math.floor(s * scale) for s in image_hw)
+
+
+def _bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """[out, in] interpolation weights, align_corners=False (half-pixel centres), no antialias."""
+    scale = in_size / out_size
+    src = np.maximum((np.arange(out_size) + 0.5) * scale - 0.5, 0.0)
+    lo = np.floor(src).astype(np.int64)
+    hi = np.minimum(lo + 1, in_size - 1)
+    frac = (src - lo).astype(np.float32)
+    weights = np.zeros((out_size, in_size), np.float32)
+    rows = np.arange(out_size)
+    np.add.at(weights, (rows, lo), 1.0 - frac)
+    np.add.at(weights, (rows, hi), frac)
+    return weights
+
+
+@functools.partial(jax.jit, static_argnames=("out_hw",))
+def resize_bilinear(image, out_hw: tuple[int, int]):
+    """[H, W, C] float -> [out_h, out_w, C], as PyTorch's bilinear interpolate."""
+    wy = _bilinear_matrix(image.shape[0], out_hw[0])
+    wx = _bilinear_matrix(image.shape[1], out_hw[1])
+    hp = jax.lax.Precision.HIGHEST  # float32 accumulation: matches PyTorch to ~1e-6
+    rows = jnp.einsum("oh,hwc->owc", wy, image, precision=hp)
+    return jnp.einsum("pw,owc->opc", wx, rows, precision=hp)
+
+
+def preprocess(image: np.ndarray, data_config) -> tuple[np.ndarray, tuple[int, int]]:
+    """uint8 RGB [H, W, 3] -> (normalised, padded [1, Hp, Wp, 3] float32, resized (h, w))."""
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
+    h, w = image.shape[:2]
+    scale = resize_scale((h, w), data_config.min_size, data_config.max_size)
+    out_hw = resized_hw((h, w), scale)
+    x = image.astype(np.float32) / 255.0
+    if out_hw != (h, w):
+        x = np.asarray(resize_bilinear(jnp.asarray(x), out_hw))
+    x = (x - np.asarray(data_config.pixel_mean, np.float32)) / np.asarray(
+        data_config.pixel_std, np.float32
+    )
+    div = data_config.size_divisibility
+    padded = (-(-out_hw[0] // div) * div, -(-out_hw[1] // div) * div)
+    batch = np.zeros((1, *padded, 3), np.float32)
+    batch[0, : out_hw[0], : out_hw[1]] = x
+    return batch, out_hw
+
+
+@functools.partial(jax.jit, static_argnames=("image_hw", "threshold"))
+def _paste(mask_probs, boxes, image_hw, threshold):
+    return mask_ops.paste_masks_in_image(mask_probs, boxes, image_hw, threshold=threshold)
+
+
+class Predictor:
+    """Runs a detector on single images.
+
+    predictor = Predictor(config, variables)     # or Predictor.from_checkpoint(directory)
+    detections = predictor(image)                # uint8 RGB [H, W, 3]
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, variables):
+        self.config = config
+        self.model = config_lib.build_model(config)
+        self.variables = variables
+        self._detect = make_detect_fn(self.model, config_lib.inference_config(config))
+        ids = list(config.data.category_ids)
+        self.category_ids = np.asarray(ids if ids else range(1, config.model.num_classes + 1))
+
+    @classmethod
+    def from_checkpoint(cls, directory: str, step: int | None = None) -> Predictor:
+        variables, config = checkpointing.load_variables(directory, step)
+        return cls(config, variables)
+
+    def raw(self, image: np.ndarray):
+        """Network-level outputs for one image: (detect() dict for batch 1, resized (h, w))."""
+        batch, out_hw = preprocess(image, self.config.data)
+        outputs = self._detect(self.variables, jnp.asarray(batch), np.asarray([out_hw]))
+        return outputs, out_hw
+
+    def __call__(self, image: np.ndarray) -> Detections:
+        image = np.asarray(image)
+        outputs, out_hw = self.raw(image)
+        outputs = jax.tree.map(lambda x: np.asarray(x[0]), outputs)
+        valid = outputs["valid"]
+        orig_hw = image.shape[:2]
+        ratio = np.array([orig_hw[1] / out_hw[1], orig_hw[0] / out_hw[0]] * 2, np.float32)
+        boxes = outputs["boxes"] * ratio
+        masks = _paste(
+            outputs["mask_probs"],
+            boxes,
+            image_hw=tuple(int(s) for s in orig_hw),
+            threshold=float(self.config.inference.mask_threshold),
+        )
+        classes = outputs["labels"][valid]
+        return Detections(
+            boxes=boxes[valid],
+            labels=self.category_ids[classes - 1],
+            scores=outputs["scores"][valid],
+            mask_scores=outputs["mask_scores"][valid],
+            masks=np.asarray(masks)[valid],
+            classes=classes,
+        )
