@@ -153,11 +153,14 @@ def detect(model: MaskScoringRCNN, variables, images, image_hw, cfg: InferenceCo
         scores [B, D] class scores, mask_probs [B, D, 28, 28] (sigmoid of the predicted
         class's mask), maskiou [B, D] (ones when the model has no MaskIoU head),
         mask_scores [B, D] (scores x maskiou), valid [B, D];
-        proposals [B, P, 4] and proposal_valid [B, P] for inspection.
+        proposals [B, P, 4], proposal_scores [B, P] (objectness) and proposal_valid [B, P]
+        for inspection.
     """
     image_hw = jnp.asarray(image_hw, jnp.float32)
     pyramid = model.apply(variables, images, method=MaskScoringRCNN.pyramid)
-    proposals, _, proposal_valid = rpn_proposals(model, variables, pyramid, image_hw, cfg)
+    proposals, proposal_scores, proposal_valid = rpn_proposals(
+        model, variables, pyramid, image_hw, cfg
+    )
     batch, num_props = proposals.shape[:2]
 
     box_features = pool_rois(pyramid, proposals, 7, cfg)
@@ -188,6 +191,7 @@ def detect(model: MaskScoringRCNN, variables, images, image_hw, cfg: InferenceCo
         "mask_scores": jnp.where(valid, scores * maskiou, 0.0),
         "valid": valid,
         "proposals": proposals,
+        "proposal_scores": proposal_scores,
         "proposal_valid": proposal_valid,
     }
 
