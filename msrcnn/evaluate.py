@@ -1,0 +1,49 @@
+"""`python -m msrcnn.evaluate --config=... --workdir=DIR [--step=N]`: COCO AP of a checkpoint.
+
+Prints the table (bbox, segm by class score, segm by mask score) and the MaskIoU
+calibration, and writes them to DIR/eval.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from msrcnn import checkpointing, config_lib
+from msrcnn.evaluation import runner
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file")
+_WORKDIR = flags.DEFINE_string("workdir", None, "training directory (reads its checkpoints)")
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
+
+
+def main(argv) -> None:
+    del argv
+    from msrcnn.data import datasets  # data builders only when evaluating for real
+
+    config = _CONFIG.value
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    if config is None or _WORKDIR.value is None:
+        raise app.UsageError("--config and --workdir are required")
+    ckpt_dir = os.path.join(_WORKDIR.value, "checkpoints")
+    variables, stored = checkpointing.load_variables(ckpt_dir, _STEP.value)
+    if json.loads(stored.model.to_json()) != json.loads(config.model.to_json()):
+        raise ValueError(
+            f"{ckpt_dir} was trained with another model config: {stored.model} vs {config.model}"
+        )
+    model = config_lib.build_model(config)
+    data = datasets.load(config)
+    variables = jax.tree.map(np.asarray, variables)
+    result = runner.evaluate_variables(config, model, variables, data)
+    print(runner.format_results(result, _STEP.value))
+    runner.write_results(result, os.path.join(_WORKDIR.value, "eval.json"))
+
+
+if __name__ == "__main__":
+    app.run(main)
