@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -48,3 +49,93 @@ def load_variables(directory: str, step: int | None = None):
             ),
         )
     return restored["variables"], ml_collections.ConfigDict(restored["config"])
+
+
+def _iterator_state_to_json(state):
+    """grain iterator states are bytes (DataLoader) or dicts (dataset iterators)."""
+    if isinstance(state, bytes):
+        return {"bytes": state.decode("utf-8")}
+    return {"state": state}
+
+
+def _iterator_state_from_json(payload):
+    return payload["bytes"].encode("utf-8") if "bytes" in payload else payload["state"]
+
+
+class TrainCheckpointer:
+    """Training checkpoints: variables, optimizer state, data iterator position and config.
+
+    The `variables` and `config` items have the same layout as `save_variables`, so a
+    training directory's checkpoints load directly into `Predictor.from_checkpoint`. Saving
+    is asynchronous (orbax writes to a temporary directory and renames it when complete, so
+    a crash never leaves a half-written step that looks complete).
+    """
+
+    def __init__(self, directory: str, config: ml_collections.ConfigDict):
+        self.config = config
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=config.train.keep_checkpoints, create=True
+        )
+        self.manager = ocp.CheckpointManager(
+            os.path.abspath(directory),
+            item_names=("variables", "opt_state", "data", "config"),
+            options=options,
+        )
+
+    def save(self, step: int, state, iterator_state) -> None:
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                variables=ocp.args.StandardSave(state.variables()),
+                opt_state=ocp.args.StandardSave(state.opt_state),
+                data=ocp.args.JsonSave(_iterator_state_to_json(iterator_state)),
+                config=ocp.args.JsonSave(json.loads(self.config.to_json())),
+            ),
+        )
+
+    def restore_latest(self, target_state):
+        """-> (state, iterator_state) from the latest step, or None if there is none.
+
+        Raises ValueError if the stored model config differs from the current one: orbax
+        would otherwise restore what fits and leave the rest silently.
+        """
+        step = self.manager.latest_step()
+        if step is None:
+            return None
+        stored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        stored_model = stored["config"].get("model", {})
+        current_model = json.loads(self.config.model.to_json())
+        differing = sorted(
+            k
+            for k in set(stored_model) | set(current_model)
+            if stored_model.get(k) != current_model.get(k)
+        )
+        if differing:
+            details = ", ".join(
+                f"{k}: checkpoint {stored_model.get(k)!r} vs config {current_model.get(k)!r}"
+                for k in differing
+            )
+            raise ValueError(
+                f"{self.manager.directory} holds checkpoints of a different model ({details}); "
+                "use a new --workdir or restore the matching config"
+            )
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                variables=ocp.args.StandardRestore(target_state.variables()),
+                opt_state=ocp.args.StandardRestore(target_state.opt_state),
+                data=ocp.args.JsonRestore(),
+            ),
+        )
+        variables = restored["variables"]
+        state = target_state.replace(
+            step=jax.numpy.asarray(step, jax.numpy.int32),
+            params=variables["params"],
+            opt_state=restored["opt_state"],
+            batch_stats=variables.get("batch_stats", {}),
+        )
+        return state, _iterator_state_from_json(restored["data"])
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -35,6 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
             "mask_convs": 4,
             "mask_scoring": True,
             "dtype": "float32",
+            # One anchor size per RPN level P2..P6, and the aspect ratios (h / w) of each.
+            "anchor_sizes": (32, 64, 128, 256, 512),
+            "aspect_ratios": (0.5, 1.0, 2.0),
         }
     )
     defaults = InferenceConfig()
@@ -54,6 +57,19 @@ def base_config() -> ml_collections.ConfigDict:
     )
     config.data = ml_collections.ConfigDict(
         {
+            "dataset": "shapes",
+            # Where TFDS builders write; "" = ~/.cache/msrcnn/tensorflow_datasets.
+            "data_dir": "",
+            # Static padded input size of training / evaluation batches.
+            "image_hw": (800, 1344),
+            "eval_batch_size": 8,
+            "shapes": {
+                "seed": 0,
+                "image_size": 128,
+                "num_train": 2000,
+                "num_validation": 200,
+                "max_objects": 5,
+            },
             "min_size": 800,
             "max_size": 1333,
             "size_divisibility": 32,
@@ -65,6 +81,40 @@ def base_config() -> ml_collections.ConfigDict:
             "class_names": [],
         }
     )
+    config.train = ml_collections.ConfigDict(
+        {
+            # detectron2 1x: SGD 0.9, lr 0.02 x batch / 16, decay 1e-4, warmup 1000, steps at
+            # 2/3 and 8/9 of training.
+            "batch_size": 16,
+            "num_steps": 90_000,
+            "learning_rate": 0.02,
+            "momentum": 0.9,
+            "weight_decay": 1e-4,
+            "schedule": "step",
+            "lr_steps": (2 / 3, 8 / 9),
+            "lr_gamma": 0.1,
+            "warmup_steps": 1000,
+            "warmup_factor": 0.001,
+            "grad_clip_norm": 0.0,
+            "rpn_batch_size_per_image": 256,
+            "rpn_positive_fraction": 0.5,
+            "rpn_pre_nms_top_k": 2000,
+            "rpn_post_nms_top_k": 1000,
+            "roi_batch_size_per_image": 512,
+            "roi_positive_fraction": 0.25,
+            "roi_fg_iou_threshold": 0.5,
+            "max_instances": 100,
+            "mask_size": 56,
+            "maskiou_stop_gradient": False,
+            "loss_weights": {},
+            "skip_nonfinite": False,
+            "log_every": 20,
+            "checkpoint_every": 1000,
+            "eval_every": 0,
+            "keep_checkpoints": 3,
+        }
+    )
+    config.seed = 0
     return config
 
 
@@ -81,6 +131,7 @@ def build_model(config: ml_collections.ConfigDict) -> MaskScoringRCNN:
         box_hidden=m.box_hidden,
         mask_convs=m.mask_convs,
         mask_scoring=m.mask_scoring,
+        num_anchors=len(m.aspect_ratios),
         dtype=jnp.dtype(m.dtype),
     )
 
@@ -97,6 +148,8 @@ def inference_config(config: ml_collections.ConfigDict) -> InferenceConfig:
         class_nms_top_k=i.class_nms_top_k,
         sampling_ratio=i.sampling_ratio,
         aligned=i.aligned,
+        anchor_sizes=tuple(config.model.anchor_sizes),
+        aspect_ratios=tuple(config.model.aspect_ratios),
     )
 
 

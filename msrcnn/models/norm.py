@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -49,7 +50,11 @@ class _TrainableNorm(nn.Module):
                 name="norm",
             )
             return norm(x)
-        return nn.GroupNorm(num_groups=32, epsilon=1e-5, dtype=self.dtype, scale_init=scale_init)(x)
+        # 32 groups (Wu & He 2018); narrow test models use the largest divisor of C below it.
+        groups = math.gcd(x.shape[-1], 32)
+        return nn.GroupNorm(
+            num_groups=groups, epsilon=1e-5, dtype=self.dtype, scale_init=scale_init
+        )(x)
 
 
 def norm_layer(kind: str, name: str, dtype: Any = jnp.float32, zero_scale: bool = False):

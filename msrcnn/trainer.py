@@ -1,0 +1,182 @@
+"""The training loop: state from eval_shape, one jitted step, checkpoints, logs, evaluation.
+
+`train_and_evaluate(config, workdir)` is what `python -m msrcnn.train` runs; tests call it
+directly. Restarting with the same workdir resumes from the latest checkpoint (parameters,
+optimizer, step and the data iterator's position).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from msrcnn import checkpointing, config_lib, optim, sharding
+from msrcnn import train_step as train_step_lib
+from msrcnn.data import datasets
+from msrcnn.train_state import TrainState
+
+
+def init_state(model, config, optimizer, mesh, image_hw) -> TrainState:
+    """Initialises parameters directly into their (replicated) shardings."""
+
+    def init(key):
+        variables = model.init(key, jnp.zeros((1, *image_hw, 3), jnp.float32))
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=optimizer.init(params),
+            batch_stats=variables.get("batch_stats", {}),
+        )
+
+    abstract = jax.eval_shape(init, jax.random.key(config.seed))
+    shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+    return jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
+
+
+class MetricsWriter:
+    """JSONL + TensorBoard event files, written by process 0 only."""
+
+    def __init__(self, workdir: str):
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+        from tensorboardX import SummaryWriter  # heavy import, only where it writes
+
+        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.jsonl.flush()
+        for name, value in scalars.items():
+            self.tb.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.tb.close()
+
+
+def _check_finite(step: int, metrics: dict[str, float], config, last_saved: int | None):
+    if metrics.get("finite", 1.0) >= 1.0 or config.train.skip_nonfinite:
+        return
+    terms = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k != "finite")
+    raise FloatingPointError(
+        f"non-finite loss at step {step}: {terms}. Last good checkpoint: "
+        f"{'step ' + str(last_saved) if last_saved is not None else 'none'}. "
+        "Set --config.train.skip_nonfinite=True to skip such updates instead."
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains `config` in `workdir` (resuming if it holds checkpoints), then evaluates.
+
+    Returns:
+      {'step': final step, 'metrics': last logged training metrics, 'eval': the evaluation
+      table (None if the config has no validation split)}.
+    """
+    mesh = sharding.data_mesh()
+    model = config_lib.build_model(config)
+    data = datasets.load(config)
+    image_hw = tuple(config.data.image_hw)
+
+    abstract_params = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_hw, 3)))["params"]
+    )
+    optimizer = optim.make_optimizer(config, abstract_params)
+    state = init_state(model, config, optimizer, mesh, image_hw)
+    train_iter = data.train_iterator()
+
+    ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints"), config)
+    restored = ckpt.restore_latest(state)
+    if restored is not None:
+        state, iterator_state = restored
+        train_iter.set_state(iterator_state)
+        print(f"resumed from step {int(state.step)} in {workdir}")
+    last_saved = int(state.step) if restored is not None else None
+
+    repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    state_sh = jax.tree.map(lambda _: repl, state)
+    step_fn = jax.jit(
+        functools.partial(train_step_lib.train_step, model, config, optimizer),
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, repl),
+        donate_argnums=(0,),
+    )
+
+    writer = MetricsWriter(workdir)
+    num_steps = config.train.num_steps
+    first = int(state.step)
+    logged: dict[str, float] = {}
+    skipped = 0
+    bar = tqdm.tqdm(
+        total=num_steps,
+        initial=first,
+        desc="train",
+        disable=jax.process_index() != 0,
+        dynamic_ncols=True,
+    )
+    start = time.time()
+    try:
+        for step in range(first + 1, num_steps + 1):
+            batch = sharding.global_batch(mesh, next(train_iter))
+            state, metrics = step_fn(state, batch)
+            bar.update(1)
+            if step % config.train.log_every == 0 or step == num_steps:
+                logged = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                _check_finite(step, logged, config, last_saved)
+                skipped += int(logged["finite"] < 1.0)
+                logged["skipped_nonfinite"] = skipped
+                logged["steps_per_s"] = (step - first) / max(time.time() - start, 1e-9)
+                writer.write(step, logged)
+                bar.set_postfix(
+                    {
+                        k.removeprefix("loss_"): f"{v:.3f}"
+                        for k, v in logged.items()
+                        if k.startswith("loss")
+                    },
+                    refresh=False,
+                )
+            if step % config.train.checkpoint_every == 0 or step == num_steps:
+                ckpt.save(step, state, train_iter.get_state())
+                last_saved = step
+            every = config.train.eval_every
+            if every and step % every == 0 and step != num_steps:
+                _evaluate_and_log(config, model, state, data, writer, workdir, step)
+    finally:
+        bar.close()
+        ckpt.close()
+    eval_table = _evaluate_and_log(config, model, state, data, writer, workdir, num_steps)
+    writer.close()
+    return {"step": int(state.step), "metrics": logged, "eval": eval_table}
+
+
+def _evaluate_and_log(config, model, state, data, writer, workdir, step):
+    from msrcnn.evaluation import runner  # pycocotools only when evaluating
+
+    if not data.has_eval:
+        return None
+    variables = jax.device_get(state.variables())
+    table = runner.evaluate_variables(config, model, variables, data)
+    if jax.process_index() == 0:
+        print(runner.format_results(table, step))
+        runner.write_results(table, os.path.join(workdir, f"eval_step_{step}.json"))
+        writer.write(step, runner.flat_scalars(table))
+    return table
+
+
+def summarize_params(params) -> str:
+    count = int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+    return f"{count:,} parameters"
