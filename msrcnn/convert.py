@@ -225,12 +225,12 @@ def conv_kernel(weight: np.ndarray) -> np.ndarray:
 
 
 def deconv_kernel(weight: np.ndarray) -> np.ndarray:
-    """torch ConvTranspose2d weight (in, out, kh, kw) -> Flax ConvTranspose kernel.
+    """torch ConvTranspose2d weight (in, out, kh, kw) -> `heads.Upsample2x` kernel.
 
-    Flax's kernel is (kh, kw, in, out) and applied without flipping (transpose_kernel=False),
-    so both spatial axes are reversed to give torch's scatter pattern.
+    Both index the 2x2 kernel by output offset (a, b) within each upsampled pixel block, so
+    only the axes move: (in, out, a, b) -> (a, b, in, out).
     """
-    return np.transpose(weight, (2, 3, 0, 1))[::-1, ::-1]
+    return np.transpose(weight, (2, 3, 0, 1))
 
 
 def dense_kernel(weight: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from msrcnn import config_lib, convert
+from msrcnn.models.heads import Upsample2x
 from msrcnn.models.ms_rcnn import RPN_LEVELS, MaskScoringRCNN
 from msrcnn.predictor import Predictor
 from tests import seeded_weights
@@ -89,17 +90,21 @@ def test_conv_kernel_matches_torch_conv2d():
 
 
 def test_deconv_kernel_matches_torch_conv_transpose2d():
-    """The mask head's 2x2 stride-2 deconv needs a spatial flip of torch's weight."""
+    """The mask head's 2x2 stride-2 upsampling equals torch's ConvTranspose2d."""
     x = _randn(2, 4, 5, 6)
     weight, bias = _randn(4, 3, 2, 2), _randn(3)  # torch layout (in, out, kh, kw)
-    deconv = nn.ConvTranspose(3, (2, 2), strides=(2, 2), padding="VALID")
+    deconv = Upsample2x(3)
     expected = torch_conv_transpose2d(x, weight, bias, stride=2)
     ours = deconv.apply(
         {"params": {"kernel": convert.deconv_kernel(weight), "bias": bias}}, nhwc(x)
     )
     np.testing.assert_allclose(nchw(ours), expected, atol=1e-4)
-    unflipped = np.transpose(weight, (2, 3, 0, 1))
-    wrong = deconv.apply({"params": {"kernel": unflipped, "bias": bias}}, nhwc(x))
+    # Flax's ConvTranspose (transpose_kernel=False) computes the same with a flipped kernel.
+    flax_deconv = nn.ConvTranspose(3, (2, 2), strides=(2, 2), padding="VALID")
+    flipped = convert.deconv_kernel(weight)[::-1, ::-1]
+    reference = flax_deconv.apply({"params": {"kernel": flipped, "bias": bias}}, nhwc(x))
+    np.testing.assert_allclose(ours, reference, atol=1e-4)
+    wrong = deconv.apply({"params": {"kernel": flipped, "bias": bias}}, nhwc(x))
     assert np.abs(nchw(wrong) - expected).max() > 0.1
 
 

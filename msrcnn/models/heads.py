@@ -29,6 +29,36 @@ def _conv3x3(features, name, dtype, stride=1, kernel_init=_RELU_FAN_OUT):
     )
 
 
+class Upsample2x(nn.Module):
+    """A 2x2, stride-2 transposed convolution computed as one matmul + depth-to-space.
+
+    With kernel size equal to stride the output windows do not overlap: output pixel
+    (2i + a, 2j + b) is x[i, j] @ kernel[a, b] + bias. A per-pixel matmul to 4 * out channels
+    followed by a reshape computes exactly that, and on CPU its backward pass is ~5x faster
+    than XLA's lhs-dilated convolution (nn.ConvTranspose) at mask-head sizes.
+
+    The kernel is stored as (2, 2, in, out) with kernel[a, b] the weights of output offset
+    (a, b); torchvision's ConvTranspose2d weight (in, out, a, b) maps to it by a transpose.
+    """
+
+    features: int
+    dtype: Any = jnp.float32
+    kernel_init: Any = _RELU_FAN_OUT
+
+    @nn.compact
+    def __call__(self, x):
+        """[N, H, W, C] -> [N, 2H, 2W, features]."""
+        in_ch = x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (2, 2, in_ch, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        n, h, w, _ = x.shape
+        # [C, a, b, out] so one matmul gives every output offset of a pixel at once.
+        flat_kernel = kernel.transpose(2, 0, 1, 3).reshape(in_ch, 4 * self.features)
+        y = jnp.dot(x.astype(self.dtype), flat_kernel.astype(self.dtype))  # [N, H, W, 4*out]
+        y = y.reshape(n, h, w, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
+        return y.reshape(n, 2 * h, 2 * w, self.features) + bias.astype(self.dtype)
+
+
 class RPNHead(nn.Module):
     """Shared 3x3 conv + ReLU, then objectness (A) and box deltas (4A) per location.
 
@@ -120,15 +150,7 @@ class MaskHead(nn.Module):
         x = roi_features
         for i in range(self.num_convs):
             x = nn.relu(_conv3x3(self.channels, f"mask_fcn{i + 1}", self.dtype)(x))
-        x = nn.ConvTranspose(
-            self.channels,
-            (2, 2),
-            strides=(2, 2),
-            padding="VALID",
-            dtype=self.dtype,
-            kernel_init=_RELU_FAN_OUT,
-            name="conv5_mask",
-        )(x)
+        x = Upsample2x(self.channels, dtype=self.dtype, name="conv5_mask")(x)
         x = nn.relu(x)
         logits = nn.Conv(
             self.num_classes,
