@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -105,8 +106,67 @@ def preprocess(image: np.ndarray, data_config) -> tuple[np.ndarray, tuple[int, i
 
 
 @functools.partial(jax.jit, static_argnames=("image_hw", "threshold"))
-def _paste(mask_probs, boxes, image_hw, threshold):
+def paste_masks(mask_probs, boxes, image_hw, threshold):
+    """Jitted `paste_masks_in_image` -> bool [N, H, W]; one compilation per (H, W)."""
     return mask_ops.paste_masks_in_image(mask_probs, boxes, image_hw, threshold=threshold)
+
+
+def outputs_to_detections(
+    outputs: Mapping[str, np.ndarray],
+    image_hw: Sequence[int],
+    orig_hw: Sequence[int],
+    category_ids: Sequence[int],
+    mask_threshold: float = 0.5,
+    paste_multiple: int = 128,
+) -> Detections:
+    """One image's `detect` outputs (D padded slots, input pixels) -> Detections.
+
+    Boxes scale by orig / image_hw per axis (x by widths, y by
+    heights), all D masks are pasted and thresholded (`>= mask_threshold`), then padding
+    slots are dropped.
+
+    The paste is jitted per output size, and a dataset has hundreds of original sizes
+    (COCO val: many distinct (h, w)). So masks are pasted into a canvas rounded up to
+    `paste_multiple` and cropped to the original size: every pixel of the paste is computed
+    on its own and clipping only drops pixels outside, so the crop equals a paste at the
+    exact size, with one compilation per canvas size (at most 25 for images up to 640).
+    paste_multiple=1 pastes at the exact size.
+
+    Args:
+      outputs: dict with boxes [D, 4] xyxy input pixels, labels [D] (1..K, 0 = padding),
+        scores [D], mask_probs [D, S, S], mask_scores [D], valid [D] bool.
+      image_hw: (h, w) of the resized image inside the padded input.
+      orig_hw: (h, w) of the original image.
+      category_ids: K dataset category ids; class c maps to category_ids[c - 1].
+      mask_threshold: binarisation threshold of the pasted probabilities.
+      paste_multiple: canvas size granularity of the paste (see above).
+
+    Returns:
+      Detections with the valid slots, boxes in original pixels, masks [N, H, W] bool.
+    """
+    outputs = {key: np.asarray(value) for key, value in outputs.items()}
+    valid = outputs["valid"].astype(bool)
+    ih, iw = (float(s) for s in image_hw)
+    oh, ow = (int(s) for s in orig_hw)
+    ratio = np.array([ow / iw, oh / ih, ow / iw, oh / ih], np.float32)
+    boxes = outputs["boxes"].astype(np.float32) * ratio
+    canvas = tuple(-(-size // paste_multiple) * paste_multiple for size in (oh, ow))
+    masks = paste_masks(
+        outputs["mask_probs"], boxes, image_hw=canvas, threshold=float(mask_threshold)
+    )
+    masks = np.asarray(masks)[:, :oh, :ow]
+    classes = outputs["labels"][valid].astype(np.int64)
+    category_ids = np.asarray(category_ids, np.int64)
+    if classes.size and (classes.min() < 1 or classes.max() > len(category_ids)):
+        raise ValueError(f"classes must lie in 1..{len(category_ids)}, got {np.unique(classes)}")
+    return Detections(
+        boxes=boxes[valid],
+        labels=category_ids[classes - 1],
+        scores=outputs["scores"][valid].astype(np.float32),
+        mask_scores=outputs["mask_scores"][valid].astype(np.float32),
+        masks=masks[valid],
+        classes=classes,
+    )
 
 
 class Predictor:
@@ -138,23 +198,10 @@ class Predictor:
     def __call__(self, image: np.ndarray) -> Detections:
         image = np.asarray(image)
         outputs, out_hw = self.raw(image)
-        outputs = jax.tree.map(lambda x: np.asarray(x[0]), outputs)
-        valid = outputs["valid"]
-        orig_hw = image.shape[:2]
-        ratio = np.array([orig_hw[1] / out_hw[1], orig_hw[0] / out_hw[0]] * 2, np.float32)
-        boxes = outputs["boxes"] * ratio
-        masks = _paste(
-            outputs["mask_probs"],
-            boxes,
-            image_hw=tuple(int(s) for s in orig_hw),
-            threshold=float(self.config.inference.mask_threshold),
-        )
-        classes = outputs["labels"][valid]
-        return Detections(
-            boxes=boxes[valid],
-            labels=self.category_ids[classes - 1],
-            scores=outputs["scores"][valid],
-            mask_scores=outputs["mask_scores"][valid],
-            masks=np.asarray(masks)[valid],
-            classes=classes,
+        return outputs_to_detections(
+            jax.tree.map(lambda x: np.asarray(x[0]), outputs),
+            out_hw,
+            image.shape[:2],
+            self.category_ids,
+            mask_threshold=float(self.config.inference.mask_threshold),
         )

@@ -15,7 +15,7 @@ unmatched detections the small/medium/large rows ignore (detectron2 drops the ke
 
 `batch_to_detections` turns `msrcnn.inference.detect` outputs of an evaluation batch
 (padded, input pixels, 28x28 mask probabilities) into per-image `Detections` in original
-pixels, the same way `Predictor.__call__` does for one image.
+pixels with `msrcnn.predictor.outputs_to_detections`, as `Predictor.__call__` does.
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 from pycocotools import mask as mask_util
 
-# `_paste` is the Predictor's jitted paste (one compilation per original image size); sharing
-# it keeps a single compile cache for evaluation and prediction.
-from msrcnn.predictor import Detections, _paste
+from msrcnn.predictor import Detections, outputs_to_detections
 
 BBOX = "bbox"
 SEGM = "segm"
@@ -118,62 +116,6 @@ def write_results(results: Mapping[str, list[dict]], directory: str) -> dict[str
         with open(paths[key], "w") as f:
             json.dump(items, f)
     return paths
-
-
-def outputs_to_detections(
-    outputs: Mapping[str, np.ndarray],
-    image_hw: Sequence[int],
-    orig_hw: Sequence[int],
-    category_ids: Sequence[int],
-    mask_threshold: float = 0.5,
-    paste_multiple: int = 128,
-) -> Detections:
-    """One image's `detect` outputs (D padded slots, input pixels) -> Detections.
-
-    Mirrors `Predictor.__call__`: boxes scale by orig / image_hw per axis (x by widths, y by
-    heights), all D masks are pasted and thresholded (`>= mask_threshold`), then padding
-    slots are dropped.
-
-    The paste is jitted per output size, and a dataset has hundreds of original sizes
-    (COCO val: many distinct (h, w)). So masks are pasted into a canvas rounded up to
-    `paste_multiple` and cropped to the original size: every pixel of the paste is computed
-    on its own and clipping only drops pixels outside, so the crop equals a paste at the
-    exact size, with one compilation per canvas size (at most 25 for images up to 640).
-    paste_multiple=1 pastes at the exact size.
-
-    Args:
-      outputs: dict with boxes [D, 4] xyxy input pixels, labels [D] (1..K, 0 = padding),
-        scores [D], mask_probs [D, S, S], mask_scores [D], valid [D] bool.
-      image_hw: (h, w) of the resized image inside the padded input.
-      orig_hw: (h, w) of the original image.
-      category_ids: K dataset category ids; class c maps to category_ids[c - 1].
-      mask_threshold: binarisation threshold of the pasted probabilities.
-      paste_multiple: canvas size granularity of the paste (see above).
-
-    Returns:
-      Detections with the valid slots, boxes in original pixels, masks [N, H, W] bool.
-    """
-    outputs = {key: np.asarray(value) for key, value in outputs.items()}
-    valid = outputs["valid"].astype(bool)
-    ih, iw = (float(s) for s in image_hw)
-    oh, ow = (int(s) for s in orig_hw)
-    ratio = np.array([ow / iw, oh / ih, ow / iw, oh / ih], np.float32)
-    boxes = outputs["boxes"].astype(np.float32) * ratio
-    canvas = tuple(-(-size // paste_multiple) * paste_multiple for size in (oh, ow))
-    masks = _paste(outputs["mask_probs"], boxes, image_hw=canvas, threshold=float(mask_threshold))
-    masks = np.asarray(masks)[:, :oh, :ow]
-    classes = outputs["labels"][valid].astype(np.int64)
-    category_ids = np.asarray(category_ids, np.int64)
-    if classes.size and (classes.min() < 1 or classes.max() > len(category_ids)):
-        raise ValueError(f"classes must lie in 1..{len(category_ids)}, got {np.unique(classes)}")
-    return Detections(
-        boxes=boxes[valid],
-        labels=category_ids[classes - 1],
-        scores=outputs["scores"][valid].astype(np.float32),
-        mask_scores=outputs["mask_scores"][valid].astype(np.float32),
-        masks=masks[valid],
-        classes=classes,
-    )
 
 
 def batch_to_detections(
