@@ -69,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
                 "num_train": 2000,
                 "num_validation": 200,
                 "max_objects": 5,
+                "min_visible_pixels": 12,
             },
             "min_size": 800,
             "max_size": 1333,
@@ -86,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
             # detectron2 1x: SGD 0.9, lr 0.02 x batch / 16, decay 1e-4, warmup 1000, steps at
             # 2/3 and 8/9 of training.
             "batch_size": 16,
+            "optimizer": "sgd",
             "num_steps": 90_000,
             "learning_rate": 0.02,
             "momentum": 0.9,

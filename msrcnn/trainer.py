@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import time
 
 import jax
@@ -127,6 +128,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         desc="train",
         disable=jax.process_index() != 0,
         dynamic_ncols=True,
+        # Redirected to a file: a line every 30 s instead of a carriage-return flood.
+        mininterval=0.1 if sys.stderr.isatty() else 30.0,
     )
     start = time.time()
     try:

@@ -55,6 +55,7 @@ def load(config: ml_collections.ConfigDict) -> Data:
         num_train=s.num_train,
         num_validation=s.num_validation,
         max_objects=s.max_objects,
+        min_visible_pixels=s.min_visible_pixels,
     )
     train_source = builder.as_data_source("train")
     eval_source = builder.as_data_source("validation")
