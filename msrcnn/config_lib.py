@@ -37,6 +37,8 @@ def base_config() -> ml_collections.ConfigDict:
             "dtype": "float32",
             # One anchor size per RPN level P2..P6, and the aspect ratios (h / w) of each.
             "anchor_sizes": (32, 64, 128, 256, 512),
+            # FPN level rule for RoIs: a box of this size is pooled from P4 (Lin et al. 2017).
+            "roi_canonical_scale": 224.0,
             "aspect_ratios": (0.5, 1.0, 2.0),
         }
     )
@@ -150,6 +152,7 @@ def inference_config(config: ml_collections.ConfigDict) -> InferenceConfig:
         class_nms_top_k=i.class_nms_top_k,
         sampling_ratio=i.sampling_ratio,
         aligned=i.aligned,
+        roi_canonical_scale=config.model.roi_canonical_scale,
         anchor_sizes=tuple(config.model.anchor_sizes),
         aspect_ratios=tuple(config.model.aspect_ratios),
     )

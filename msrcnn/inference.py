@@ -44,6 +44,9 @@ class InferenceConfig:
         None = every (RoI, class) pair, exact in every case.
       sampling_ratio: RoIAlign samples per bin.
       aligned: RoIAlign half-pixel convention (False reproduces torchvision's weights).
+      roi_canonical_scale: box size pooled from P4 in the FPN level rule
+        floor(4 + log2(sqrt(wh) / scale)); 224 suits ~800 px inputs, smaller inputs need it
+        scaled down or every RoI lands on P2.
       anchor_sizes: one anchor size per RPN level P2..P6.
       aspect_ratios: anchor aspect ratios (h / w).
     """
@@ -59,6 +62,7 @@ class InferenceConfig:
     class_nms_top_k: int | None = nms_ops.DEFAULT_PRE_NMS_TOP_K
     sampling_ratio: int = 2
     aligned: bool = True
+    roi_canonical_scale: float = 224.0
     anchor_sizes: tuple[float, ...] = anchor_ops.FPN_ANCHOR_SIZES
     aspect_ratios: tuple[float, ...] = anchor_ops.FPN_ASPECT_RATIOS
 
@@ -74,6 +78,7 @@ def pool_rois(pyramid, boxes, output_size: int, cfg: InferenceConfig):
         output_size=output_size,
         sampling_ratio=cfg.sampling_ratio,
         aligned=cfg.aligned,
+        canonical_scale=cfg.roi_canonical_scale,
     )
     pooled = jax.vmap(pool)(level_maps(pyramid, ROI_LEVELS), boxes)
     return pooled.reshape((-1, *pooled.shape[2:]))

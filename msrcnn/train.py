@@ -22,7 +22,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = _CONFIG.value  # touching it here makes a bad --config fail before any work
+    # A missing config file only raises when the config is first read: read it now, before
+    # any work, so the error names the file straight away.
+    config = _CONFIG.value
+    config.model.num_classes  # noqa: B018
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
     trainer.train_and_evaluate(config, _WORKDIR.value)

@@ -158,11 +158,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             every = config.train.eval_every
             if every and step % every == 0 and step != num_steps:
                 _evaluate_and_log(config, model, state, data, writer, workdir, step)
+        eval_table = _evaluate_and_log(config, model, state, data, writer, workdir, num_steps)
     finally:
         bar.close()
         ckpt.close()
-    eval_table = _evaluate_and_log(config, model, state, data, writer, workdir, num_steps)
-    writer.close()
+        writer.close()
     return {"step": int(state.step), "metrics": logged, "eval": eval_table}
 
 

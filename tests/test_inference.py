@@ -9,6 +9,7 @@ from msrcnn import inference, proposals
 from msrcnn.models import ms_rcnn
 from msrcnn.ops import anchors as anchor_ops
 from msrcnn.ops import boxes as box_ops
+from msrcnn.ops import roi_align as roi_align_ops
 
 CFG = inference.InferenceConfig(
     rpn_pre_nms_top_k=200, rpn_post_nms_top_k=64, score_threshold=0.0, detections_per_image=16
@@ -128,3 +129,21 @@ def test_proposals_match_numpy_reference():
     assert n == min(150, len(ref_boxes))
     np.testing.assert_allclose(np.asarray(boxes)[:n], ref_boxes, atol=1e-4)
     np.testing.assert_allclose(np.asarray(scores)[:n], ref_scores, rtol=1e-6)
+
+
+def test_roi_canonical_scale_moves_boxes_up_the_pyramid():
+    """Small inputs need a smaller canonical scale, or every RoI is pooled from P2."""
+    rng = np.random.default_rng(0)
+    pyramid = {
+        f"P{level}": jnp.asarray(rng.normal(size=(1, 128 >> level, 128 >> level, 4)), jnp.float32)
+        for level in range(2, 6)
+    }
+    boxes = jnp.array([[[10.0, 10.0, 90.0, 90.0]]])  # 80 px: P2 at scale 224, P5 at scale 36
+    default = inference.pool_rois(pyramid, boxes, 7, inference.InferenceConfig())
+    small = inference.pool_rois(
+        pyramid, boxes, 7, inference.InferenceConfig(roi_canonical_scale=36.0)
+    )
+    p2 = roi_align_ops.roi_align(pyramid["P2"][0], boxes[0], 7, 1 / 4, 2, True)
+    p5 = roi_align_ops.roi_align(pyramid["P5"][0], boxes[0], 7, 1 / 32, 2, True)
+    np.testing.assert_allclose(default, p2, atol=1e-6)
+    np.testing.assert_allclose(small, p5, atol=1e-6)
