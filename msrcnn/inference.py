@@ -92,18 +92,22 @@ def select_class(per_class, class_index):
     )[:, 0]
 
 
-def rpn_proposals(model: MaskScoringRCNN, variables, pyramid, image_hw, cfg: InferenceConfig):
-    """RPN head + proposal generation for a batch -> (boxes [B,P,4], scores [B,P], valid [B,P])."""
-    logits, deltas = model.apply(variables, pyramid, method=MaskScoringRCNN.rpn)
+def pyramid_anchors(pyramid, cfg: InferenceConfig):
+    """Anchors of every RPN level for this pyramid's (static) shapes: list of [N_l, 4]."""
     padded_hw = (pyramid["P2"].shape[1] * 4, pyramid["P2"].shape[2] * 4)
-    grids = [pyramid[name].shape[1:3] for name in RPN_LEVELS]
-    anchors = anchor_ops.fpn_anchors(
+    return anchor_ops.fpn_anchors(
         padded_hw,
         levels=range(2, 2 + len(RPN_LEVELS)),
         sizes=cfg.anchor_sizes,
         aspect_ratios=cfg.aspect_ratios,
-        grid_sizes=grids,
+        grid_sizes=[pyramid[name].shape[1:3] for name in RPN_LEVELS],
     )
+
+
+def rpn_proposals(model: MaskScoringRCNN, variables, pyramid, image_hw, cfg: InferenceConfig):
+    """RPN head + proposal generation for a batch -> (boxes [B,P,4], scores [B,P], valid [B,P])."""
+    logits, deltas = model.apply(variables, pyramid, method=MaskScoringRCNN.rpn)
+    anchors = pyramid_anchors(pyramid, cfg)
     per_image = functools.partial(
         generate_proposals,
         anchors,

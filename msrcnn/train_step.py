@@ -17,8 +17,7 @@ import numpy as np
 import optax
 
 from msrcnn import config_lib, inference, losses, proposals
-from msrcnn.models.ms_rcnn import RPN_LEVELS, MaskScoringRCNN
-from msrcnn.ops import anchors as anchor_ops
+from msrcnn.models.ms_rcnn import MaskScoringRCNN
 from msrcnn.targets import roi as roi_targets
 from msrcnn.targets import rpn as rpn_targets
 from msrcnn.train_state import TrainState
@@ -34,17 +33,6 @@ def normalize_images(images_uint8, image_hw, mean, std):
         jnp.arange(w)[None, None, :] < image_hw[:, 1, None, None]
     )
     return jnp.where(inside[..., None], x, 0.0)
-
-
-def anchors_for(pyramid, cfg: inference.InferenceConfig) -> list[np.ndarray]:
-    padded_hw = (pyramid["P2"].shape[1] * 4, pyramid["P2"].shape[2] * 4)
-    return anchor_ops.fpn_anchors(
-        padded_hw,
-        levels=range(2, 2 + len(RPN_LEVELS)),
-        sizes=cfg.anchor_sizes,
-        aspect_ratios=cfg.aspect_ratios,
-        grid_sizes=[pyramid[name].shape[1:3] for name in RPN_LEVELS],
-    )
 
 
 def compute_losses(
@@ -81,7 +69,7 @@ def compute_losses(
 
     # RPN: targets over all anchors, then proposals (no gradient).
     logits, deltas = model.apply(head_vars, pyramid, method=MaskScoringRCNN.rpn)
-    anchors = anchors_for(pyramid, cfg)
+    anchors = inference.pyramid_anchors(pyramid, cfg)
     batch_size = images.shape[0]
     rpn_keys, roi_keys = jnp.split(jax.random.split(key, 2 * batch_size), 2)
     rpn_labels, rpn_box_targets = jax.vmap(
