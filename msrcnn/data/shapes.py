@@ -73,6 +73,9 @@ class ShapesConfig(tfds.core.BuilderConfig):
       max_objects: non-empty images draw 1..max_objects shapes (uniformly); occluded ones may
         then be dropped.
       min_visible_pixels: instances with fewer visible pixels are dropped.
+      min_radius_frac: smallest shape radius, as a fraction of the shorter image side.
+      min_visible_fraction: occlusion bound: no shape loses more than 1 - this of its area
+        to later ones (0 = unbounded); see `shapes_render.render_example`.
     """
 
     name: str = ""
@@ -82,6 +85,8 @@ class ShapesConfig(tfds.core.BuilderConfig):
     num_validation: int = 200
     max_objects: int = 5
     min_visible_pixels: int = 12
+    min_radius_frac: float = 0.04
+    min_visible_fraction: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.image_size, int):
@@ -92,12 +97,15 @@ class ShapesConfig(tfds.core.BuilderConfig):
             self.name = (
                 f"seed{self.seed}_{h}x{w}_train{self.num_train}_val{self.num_validation}"
                 f"_obj{self.max_objects}_px{self.min_visible_pixels}"
+                f"_r{self.min_radius_frac:g}_vis{self.min_visible_fraction:g}"
             )
         if not self.description:
             self.description = (
                 f"seed {self.seed}, {h}x{w} images, {self.num_train} train / "
                 f"{self.num_validation} validation, up to {self.max_objects} shapes, "
-                f"instances of < {self.min_visible_pixels} visible pixels dropped"
+                f"instances of < {self.min_visible_pixels} visible pixels dropped, radius >= "
+                f"{self.min_radius_frac:g} of the short side, >= "
+                f"{self.min_visible_fraction:g} of each shape visible"
             )
 
 
@@ -168,7 +176,14 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
             rng = np.random.default_rng([cfg.seed, _SPLIT_CODES[split], index])
             empty = index % EMPTY_EVERY == EMPTY_INDEX
             num_shapes = 0 if empty else int(rng.integers(1, cfg.max_objects + 1))
-            ex = render_example(rng, cfg.image_size, num_shapes, cfg.min_visible_pixels)
+            ex = render_example(
+                rng,
+                cfg.image_size,
+                num_shapes,
+                cfg.min_visible_pixels,
+                min_radius_frac=cfg.min_radius_frac,
+                min_visible_fraction=cfg.min_visible_fraction,
+            )
             yield (
                 index,
                 {
@@ -192,6 +207,8 @@ def build_shapes(
     num_validation: int = 200,
     max_objects: int = 5,
     min_visible_pixels: int = 12,
+    min_radius_frac: float = 0.04,
+    min_visible_fraction: float = 0.0,
 ) -> Shapes:
     """Builds (or reuses, if already built in `data_dir`) the dataset and returns its builder.
 
@@ -204,6 +221,8 @@ def build_shapes(
         num_validation=num_validation,
         max_objects=max_objects,
         min_visible_pixels=min_visible_pixels,
+        min_radius_frac=min_radius_frac,
+        min_visible_fraction=min_visible_fraction,
     )
     builder = Shapes(config=config, data_dir=os.fspath(data_dir))
     builder.download_and_prepare()

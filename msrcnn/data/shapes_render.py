@@ -25,6 +25,8 @@ _MAX_RADIUS_FRAC = 0.3
 _MIN_RADIUS_PX = 3.0
 # Probability that a shape is placed next to an earlier one: forces overlaps / occlusion.
 _NEAR_PREVIOUS_PROB = 0.35
+# Placements tried per shape before it is left out (see `min_visible_fraction`).
+_PLACEMENT_TRIES = 10
 # A shape's colour differs from the mean colour under it by at least this much in some
 # channel (retried a few times), so every object is visible.
 _MIN_CONTRAST = 60.0
@@ -83,6 +85,27 @@ def _shape_mask(h: int, w: int, cx: float, cy: float, radius: float, angle: floa
     return np.asarray(canvas, dtype=bool)
 
 
+def _place_shape(rng, image_hw, centres, radius, angle, label, owner, full_areas, min_visible):
+    """Draws a position for a shape and returns its [h, w] mask, or None if every tried
+    position would leave an earlier shape with less than `min_visible` of its full area."""
+    h, w = image_hw
+    for _ in range(_PLACEMENT_TRIES):
+        if centres and rng.random() < _NEAR_PREVIOUS_PROB:
+            px, py, pr = centres[int(rng.integers(len(centres)))]
+            cx, cy = rng.normal([px, py], pr)
+        else:
+            cx, cy = rng.uniform(0.0, w), rng.uniform(0.0, h)
+        mask = _shape_mask(h, w, cx, cy, radius, angle, label)
+        if min_visible > 0 and full_areas:
+            # Pixels each earlier shape keeps once this one is drawn over it.
+            kept = np.bincount(owner[~mask & (owner >= 0)], minlength=len(full_areas))
+            if np.any(kept < min_visible * np.asarray(full_areas)):
+                continue
+        centres.append((cx, cy, radius))
+        return mask
+    return None
+
+
 def _pick_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
     """A random RGB colour that stands out against `under` ([n, 3] pixels it will cover)."""
     reference = under.mean(axis=0) if len(under) else np.full(3, 127.5, np.float32)
@@ -113,6 +136,8 @@ def render_example(
     image_hw: tuple[int, int],
     num_shapes: int,
     min_visible_pixels: int,
+    min_radius_frac: float = _MIN_RADIUS_FRAC,
+    min_visible_fraction: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Draws one image with `num_shapes` shapes and returns it with its visible instances.
 
@@ -121,6 +146,11 @@ def render_example(
       image_hw: (h, w) of the image.
       num_shapes: shapes to draw (0 gives an image without objects); fewer may survive.
       min_visible_pixels: instances with fewer visible pixels are dropped.
+      min_radius_frac: smallest shape radius as a fraction of the shorter side (largest 0.3).
+      min_visible_fraction: a new shape may hide at most 1 - this of any earlier shape; a
+        placement that hides more is redrawn (position only, up to 10 tries), and a shape
+        with no acceptable placement is left out. 0 allows any occlusion. Bounding the
+        occlusion keeps every labelled instance recognisable as its class.
 
     Returns:
       dict with
@@ -128,37 +158,39 @@ def render_example(
         boxes:  float32 [N, 4] xyxy tight boxes of the visible masks (see `tight_box`).
         labels: int64 [N] classes 1..K (index into CLASS_NAMES + 1).
         masks:  bool [N, h, w] visible masks, pairwise disjoint, in drawing order.
+        visible_fractions: float32 [N] visible pixels / pixels of the whole shape (in the
+          image).
     """
     h, w = image_hw
     image = _background(rng, h, w)
     owner = np.full((h, w), -1, np.int32)  # index of the shape visible at each pixel
     short = min(h, w)
-    log_lo = np.log(max(_MIN_RADIUS_PX, _MIN_RADIUS_FRAC * short))
+    log_lo = np.log(max(_MIN_RADIUS_PX, min_radius_frac * short))
     log_hi = np.log(max(_MIN_RADIUS_PX + 1.0, _MAX_RADIUS_FRAC * short))
-    labels, centres = [], []
-    for k in range(num_shapes):
+    labels, centres, full_areas = [], [], []
+    for _ in range(num_shapes):
         label = int(rng.integers(1, len(CLASS_NAMES) + 1))
         radius = float(np.exp(rng.uniform(log_lo, log_hi)))
         angle = rng.uniform(0.0, 2 * np.pi)
-        if centres and rng.random() < _NEAR_PREVIOUS_PROB:
-            px, py, pr = centres[int(rng.integers(len(centres)))]
-            cx, cy = rng.normal([px, py], pr)
-        else:
-            cx, cy = rng.uniform(0.0, w), rng.uniform(0.0, h)
-        mask = _shape_mask(h, w, cx, cy, radius, angle, label)
+        mask = _place_shape(
+            rng, (h, w), centres, radius, angle, label, owner, full_areas, min_visible_fraction
+        )
+        if mask is None:
+            continue
         image[mask] = _pick_colour(rng, image[mask])
-        owner[mask] = k
+        owner[mask] = len(labels)
         labels.append(label)
-        centres.append((cx, cy, radius))
+        full_areas.append(int(mask.sum()))
     image += rng.normal(0.0, 3.0, size=image.shape).astype(np.float32)  # sensor noise
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
-    keep_masks, keep_labels = [], []
+    keep_masks, keep_labels, keep_fractions = [], [], []
     for k, label in enumerate(labels):
         visible = owner == k
         if visible.sum() >= min_visible_pixels:
             keep_masks.append(visible)
             keep_labels.append(label)
+            keep_fractions.append(visible.sum() / max(full_areas[k], 1))
     masks = np.stack(keep_masks) if keep_masks else np.zeros((0, h, w), bool)
     boxes = np.stack([tight_box(m) for m in masks]) if len(masks) else np.zeros((0, 4), np.float32)
     return {
@@ -166,4 +198,5 @@ def render_example(
         "boxes": boxes.astype(np.float32),
         "labels": np.asarray(keep_labels, np.int64),
         "masks": masks,
+        "visible_fractions": np.asarray(keep_fractions, np.float32),
     }

@@ -101,7 +101,7 @@ def test_size_range(train_source):
 
 
 def test_registered_default_config_and_names(tmp_path):
-    assert shapes.ShapesConfig().name == "seed0_128x128_train2000_val200_obj5_px12"
+    assert shapes.ShapesConfig().name == "seed0_128x128_train2000_val200_obj5_px12_r0.04_vis0"
     assert shapes.ShapesConfig(image_size=64).image_size == (64, 64)
     # A fresh default config object is accepted (TFDS would reject it as a name clash).
     builder = shapes.Shapes(config=shapes.ShapesConfig(), data_dir=tmp_path)
@@ -191,3 +191,20 @@ def test_no_tensorflow_needed_or_imported():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("OK")
+
+
+def test_occlusion_bound_and_minimum_size():
+    bounded, free = [], []
+    for i in range(40):
+        ex = render_example(np.random.default_rng(i), (96, 96), 4, 12, 0.07, 0.6)
+        bounded += ex["visible_fractions"].tolist()
+        assert all(m.sum() >= 12 for m in ex["masks"])
+        free += render_example(np.random.default_rng(i), (96, 96), 4, 12)[
+            "visible_fractions"
+        ].tolist()
+    assert min(bounded) >= 0.6
+    assert min(free) < 0.6  # without the bound, heavy occlusion happens
+    # The default keeps the dataset as it was: same draws, same images.
+    a = render_example(np.random.default_rng(5), (64, 64), 3, 12)
+    b = render_example(np.random.default_rng(5), (64, 64), 3, 12, 0.04, 0.0)
+    np.testing.assert_array_equal(a["image"], b["image"])
