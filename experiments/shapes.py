@@ -24,7 +24,7 @@ def get_config(arg: str = ""):
     config = config_lib.base_config()
     m = config.model
     m.num_classes = 4
-    m.depth, m.width, m.fpn_channels, m.box_hidden, m.mask_convs = 18, 16, 64, 256, 2
+    m.depth, m.width, m.fpn_channels, m.box_hidden, m.mask_convs = 18, 16, 32, 256, 2
     m.norm = "gn"
     m.freeze_at = 0
     m.anchor_sizes = (8, 16, 32, 64, 128)
@@ -34,11 +34,13 @@ def get_config(arg: str = ""):
     d.image_hw = (128, 128)
     d.min_size = d.max_size = 128
     d.eval_batch_size = 16
-    d.shapes.update(max_objects=4, min_visible_pixels=48)
+    d.shapes.update(
+        max_objects=4, min_visible_pixels=48, min_radius_frac=0.07, min_visible_fraction=0.6
+    )
 
     t = config.train
     t.batch_size = 8
-    t.num_steps = 1000
+    t.num_steps = 2400
     # From scratch on a CPU budget AdamW beat SGD (0.02, step decay): segm AP 0.181 vs 0.171.
     t.optimizer = "adamw"
     t.learning_rate = 0.002
@@ -48,6 +50,7 @@ def get_config(arg: str = ""):
     t.rpn_batch_size_per_image = 128
     t.rpn_pre_nms_top_k, t.rpn_post_nms_top_k = 600, 300
     t.roi_batch_size_per_image = 64
+    t.mask_rois_per_image = 6
     t.max_instances = 8
     t.mask_size = 56
     t.log_every = 25

@@ -34,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
             "box_hidden": 1024,
             "mask_convs": 4,
             "mask_scoring": True,
+            # Computation dtype: float32, bfloat16, or auto (bf16 on accelerators).
             "dtype": "float32",
             # One anchor size per RPN level P2..P6, and the aspect ratios (h / w) of each.
             "anchor_sizes": (32, 64, 128, 256, 512),
@@ -64,6 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
             "data_dir": "",
             # Static padded input size of training / evaluation batches.
             "image_hw": (800, 1344),
+            # More than one (H, W): shape buckets for training and evaluation batches, each
+            # image in the first it fits (see msrcnn.data.buckets); image_hw is then unused
+            # except to initialise the model.
+            "image_hw_buckets": [],
             "eval_batch_size": 8,
             "shapes": {
                 "seed": 0,
@@ -72,7 +77,26 @@ def base_config() -> ml_collections.ConfigDict:
                 "num_validation": 200,
                 "max_objects": 5,
                 "min_visible_pixels": 12,
+                "min_radius_frac": 0.04,
+                "min_visible_fraction": 0.0,
             },
+            # dataset = "coco": a local COCO download (see msrcnn.data.instances).
+            "coco": {"manual_dir": "", "year": 2017},
+            # dataset = "custom": your data; experiments/custom.py explains the fields.
+            "custom": {
+                "format": "coco",
+                "class_names": [],
+                "class_attribute": "class",
+                "train": {"annotations": "", "images": "", "masks": ""},
+                "validation": {"annotations": "", "images": "", "masks": ""},
+            },
+            # Leave out bad images / annotations (counted, summarised) instead of stopping.
+            "skip_bad_input": False,
+            # Train without images that have no (non-crowd) object; evaluation keeps them.
+            "train_skip_empty": True,
+            # Multi-scale training: each training image's shorter side is drawn from these
+            # (e.g. (640, 672, 704, 736, 768, 800)); empty = always min_size.
+            "train_min_sizes": [],
             "min_size": 800,
             "max_size": 1333,
             "size_divisibility": 32,
@@ -107,11 +131,17 @@ def base_config() -> ml_collections.ConfigDict:
             "roi_batch_size_per_image": 512,
             "roi_positive_fraction": 0.25,
             "roi_fg_iou_threshold": 0.5,
+            # Mask and MaskIoU heads train on at most this many positive RoIs per image
+            # (0 = all, as detectron2): the heads' convs dominate small-model CPU steps.
+            "mask_rois_per_image": 0,
             "max_instances": 100,
             "mask_size": 56,
             "maskiou_stop_gradient": False,
             "loss_weights": {},
             "skip_nonfinite": False,
+            # A variables checkpoint (e.g. `msrcnn.convert` of an ImageNet ResNet) to start
+            # from when the workdir has no checkpoint; it must fit the model exactly.
+            "init_checkpoint": "",
             "log_every": 20,
             "checkpoint_every": 1000,
             "eval_every": 0,
@@ -120,6 +150,16 @@ def base_config() -> ml_collections.ConfigDict:
     )
     config.seed = 0
     return config
+
+
+def compute_dtype(name: str):
+    """'auto' is bfloat16 on GPU / TPU and float32 on CPU (where bf16 convs are slow);
+    parameters stay float32 either way."""
+    if name == "auto":
+        import jax
+
+        return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
+    return jnp.dtype(name)
 
 
 def build_model(config: ml_collections.ConfigDict) -> MaskScoringRCNN:
@@ -136,7 +176,7 @@ def build_model(config: ml_collections.ConfigDict) -> MaskScoringRCNN:
         mask_convs=m.mask_convs,
         mask_scoring=m.mask_scoring,
         num_anchors=len(m.aspect_ratios),
-        dtype=jnp.dtype(m.dtype),
+        dtype=compute_dtype(m.dtype),
     )
 
 

@@ -92,7 +92,8 @@ def compute_losses(
     )(logits, deltas, image_hw)
 
     # RoI heads: sample, box head on every sampled RoI, mask + MaskIoU heads on the first
-    # max_positives slots (positives come first, so these hold all of them).
+    # max_positives slots (positives come first, so these hold all of them), or on at most
+    # mask_rois_per_image of them when set.
     sampled = jax.vmap(
         functools.partial(
             roi_targets.sample_rois,
@@ -106,6 +107,9 @@ def compute_losses(
     class_logits, box_deltas = model.apply(head_vars, box_features, method=MaskScoringRCNN.box)
 
     max_pos = roi_targets.max_positives(t.roi_batch_size_per_image, t.roi_positive_fraction)
+    if t.mask_rois_per_image:
+        # Positives sit in the leading slots in random order, so a prefix is a random subset.
+        max_pos = min(max_pos, t.mask_rois_per_image)
     pos = jax.tree.map(lambda x: x[:, :max_pos], sampled)
     mask_features = inference.pool_rois(pyramid, pos["rois"], 14, cfg)
     mask_logits = model.apply(head_vars, mask_features, method=MaskScoringRCNN.mask)
