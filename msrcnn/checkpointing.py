@@ -51,6 +51,39 @@ def load_variables(directory: str, step: int | None = None):
     return restored["variables"], ml_collections.ConfigDict(restored["config"])
 
 
+def _shape_table(tree) -> dict[str, tuple]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def check_same_structure(expected, found, what: str) -> None:
+    """Raises ValueError naming every tensor missing, extra or of another shape."""
+    want, have = _shape_table(expected), _shape_table(found)
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    common = sorted(set(want) & set(have))
+    shapes = [f"{k}: {have[k]} != model {want[k]}" for k in common if have[k] != want[k]]
+    if missing or extra or shapes:
+        parts = []
+        for title, items in (("missing", missing), ("unexpected", extra), ("shape", shapes)):
+            if items:
+                shown = "\n    ".join(items[:20]) + ("\n    ..." if len(items) > 20 else "")
+                parts.append(f"  {len(items)} {title}:\n    {shown}")
+        raise ValueError(f"{what} does not fit the model:\n" + "\n".join(parts))
+
+
+def load_init_params(directory: str, expected_params):
+    """Parameters for a fresh run from `directory` (e.g. `msrcnn.convert` output).
+
+    Every tensor must be there with the model's shape: a partial or mismatched load is an
+    error that lists the differences, never a silent partial initialisation.
+    """
+    variables, _ = load_variables(directory)
+    params = variables["params"]
+    check_same_structure(expected_params, params, f"init checkpoint {directory!r}")
+    return jax.tree.map(lambda want, x: jax.numpy.asarray(x, want.dtype), expected_params, params)
+
+
 def _iterator_state_to_json(state):
     """grain iterator states are bytes (DataLoader) or dicts (dataset iterators)."""
     if isinstance(state, bytes):

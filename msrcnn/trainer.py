@@ -107,6 +107,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_iter.set_state(iterator_state)
         print(f"resumed from step {int(state.step)} in {workdir}")
     last_saved = int(state.step) if restored is not None else None
+    if restored is None and config.train.init_checkpoint:
+        params = checkpointing.load_init_params(config.train.init_checkpoint, state.params)
+        params = jax.device_put(params, jax.tree.map(lambda x: x.sharding, state.params))
+        state = state.replace(params=params, opt_state=optimizer.init(params))
+        print(f"initialised parameters from {config.train.init_checkpoint}")
 
     repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     state_sh = jax.tree.map(lambda _: repl, state)

@@ -6,7 +6,8 @@
     coco.createIndex()
 
 Image ids are the records' `image_id`; annotation ids run 1, 2, ... (COCOeval treats id 0 as
-"unmatched", so 0 must not be an annotation id); every annotation has iscrowd = 0, its mask as
+"unmatched", so 0 must not be an annotation id); every annotation has the record's is_crowd
+(0 when the record has none) as iscrowd, its mask as
 compressed RLE (`counts` as str, so the dict is JSON-serialisable), `area` = mask pixel count
 (COCO's convention for segmentation) and `bbox` = [x, y, w, h] of the record's xyxy box.
 """
@@ -32,7 +33,11 @@ def _class_names(source) -> list[str] | None:
 
 
 def coco_ground_truth(
-    source, split: str | None = None, *, class_names: Sequence[str] | None = None
+    source,
+    split: str | None = None,
+    *,
+    class_names: Sequence[str] | None = None,
+    category_ids: Sequence[int] | None = None,
 ) -> dict:
     """COCO ground-truth dict of one split.
 
@@ -43,11 +48,12 @@ def coco_ground_truth(
       split: split name when `source` is a builder.
       class_names: names of classes 1..K; defaults to `metadata["class_names"]` of the
         builder / data source.
+      category_ids: the dataset's category id of classes 1..K (default 1..K).
 
     Returns:
       dict with "images" ({id, height, width, file_name}), "annotations" ({id, image_id,
-      category_id, segmentation (RLE), area, bbox, iscrowd}) and "categories" ({id, name};
-      ids 1..K), usable as `COCO().dataset`.
+      category_id, segmentation (RLE), area, bbox, iscrowd}) and "categories" ({id, name}),
+      usable as `COCO().dataset`. Crowd regions keep iscrowd = 1.
     """
     if hasattr(source, "as_data_source"):
         if split is None:
@@ -58,31 +64,37 @@ def coco_ground_truth(
         names = class_names or _class_names(source)
     if names is None:
         raise ValueError("no class names in the source's metadata: pass class_names=")
+    ids = list(category_ids) if category_ids else list(range(1, len(names) + 1))
+    if len(ids) != len(names):
+        raise ValueError(f"{len(names)} class names but {len(ids)} category ids")
 
     images, annotations = [], []
     for i in range(len(source)):
-        inst = decode_record(source[i])
+        record = source[i]
+        inst = decode_record(record)
         h, w = inst.image.shape[:2]
-        images.append(
-            {"id": inst.image_id, "height": h, "width": w, "file_name": f"{inst.image_id}.png"}
-        )
+        file_name = record.get("file_name", f"{inst.image_id}.png")
+        if isinstance(file_name, bytes):
+            file_name = file_name.decode()
+        images.append({"id": inst.image_id, "height": h, "width": w, "file_name": str(file_name)})
         if not len(inst.labels):
             continue
         # pycocotools encodes Fortran-ordered uint8 [H, W, N].
         rles = mask_utils.encode(np.asfortranarray(inst.masks.transpose(1, 2, 0), np.uint8))
         areas = mask_utils.area(rles)
-        for rle, area, box, label in zip(rles, areas, inst.boxes, inst.labels, strict=True):
+        per_object = zip(rles, areas, inst.boxes, inst.labels, inst.is_crowd, strict=True)
+        for rle, area, box, label, crowd in per_object:
             x1, y1, x2, y2 = (float(v) for v in box)
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": inst.image_id,
-                    "category_id": int(label),
+                    "category_id": ids[int(label) - 1],
                     "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
                     "area": float(area),
                     "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "iscrowd": 0,
+                    "iscrowd": int(crowd),
                 }
             )
-    categories = [{"id": k + 1, "name": n} for k, n in enumerate(names)]
+    categories = [{"id": i, "name": n} for i, n in zip(ids, names, strict=True)]
     return {"images": images, "annotations": annotations, "categories": categories}

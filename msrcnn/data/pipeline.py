@@ -98,15 +98,33 @@ class InputSpec:
 
 
 class TruncationCounter:
-    """Counts instances dropped because an image had more than M (thread-safe).
+    """Counts instances dropped at load time (thread-safe): beyond M per image, or with an
+    unusable box (under 1 px after clipping to the image, or non-finite).
 
-    Logs a warning on the 1st, 2nd, 4th, 8th, ... truncated image, with the totals so far.
+    Logs a warning on the 1st, 2nd, 4th, 8th, ... image of each kind, with the totals so far.
     """
 
     def __init__(self):
         self._lock = threading.Lock()
-        self.images = 0  # images that lost instances
-        self.instances = 0  # instances dropped in total
+        self.images = 0  # images that lost instances to max_instances
+        self.instances = 0  # instances dropped in total to max_instances
+        self.unusable_images = 0
+        self.unusable_instances = 0
+
+    def add_unusable(self, image_id: int, num_dropped: int) -> None:
+        with self._lock:
+            self.unusable_images += 1
+            self.unusable_instances += num_dropped
+            images, instances = self.unusable_images, self.unusable_instances
+        if images & (images - 1) == 0:
+            _log.warning(
+                "image %d: %d instances with a box under 1 px or non-finite left out; "
+                "so far %d instances from %d images",
+                image_id,
+                num_dropped,
+                instances,
+                images,
+            )
 
     def add(self, image_id: int, num_instances: int, max_instances: int) -> None:
         dropped = num_instances - max_instances
@@ -145,6 +163,17 @@ def prepare_example(
     """
     image, boxes, labels, masks = inst.image, inst.boxes, inst.labels, inst.masks
     orig_hw = image.shape[:2]
+    # Load-time hygiene (the builders already clean their data; this guards any source):
+    # boxes clipped to the image, and instances with a box under 1 px or a non-finite
+    # coordinate dropped and counted, rather than trained as background.
+    h, w = orig_hw
+    boxes = np.clip(np.nan_to_num(boxes, nan=-1.0), 0.0, np.array([w, h, w, h], np.float32))
+    usable = (boxes[:, 2] - boxes[:, 0] >= 1.0) & (boxes[:, 3] - boxes[:, 1] >= 1.0)
+    usable &= np.isfinite(inst.boxes).all(axis=1)
+    if not usable.all():
+        if truncation is not None:
+            truncation.add_unusable(inst.image_id, int((~usable).sum()))
+        boxes, labels, masks = boxes[usable], labels[usable], masks[usable]
     if flip:
         image, boxes, masks = transforms.flip_horizontal(image, boxes, masks)
 
@@ -198,6 +227,24 @@ def padding_example(spec: InputSpec) -> dict[str, np.ndarray]:
     }
 
 
+def random_augmentation(
+    spec: InputSpec, train_min_sizes, seed: int, record_index: int, epoch: int
+) -> tuple[bool, InputSpec]:
+    """(flip?, spec with the short side to resize to) of one record in one epoch.
+
+    Drawn from `np.random.default_rng([seed, 1, record_index, epoch])`: a flip with
+    probability 1/2, then, for multi-scale training (`train_min_sizes` non-empty), a short
+    side chosen uniformly from `train_min_sizes` (detectron2's ResizeShortestEdge "choice").
+    Deterministic, the same on every host, different from epoch to epoch.
+    """
+    rng = np.random.default_rng([seed, _FLIP_STREAM, int(record_index), int(epoch)])
+    flip = bool(rng.random() < 0.5)
+    if train_min_sizes:
+        size = int(train_min_sizes[int(rng.integers(len(train_min_sizes)))])
+        spec = dataclasses.replace(spec, min_size=size)
+    return flip, spec
+
+
 def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
     """(index, count), defaulting to this JAX process among all of them."""
     if shard_index is None or shard_count is None:
@@ -213,16 +260,18 @@ def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
 class _TrainExample:
     """(position in the repeated shuffled stream, record index) -> batch element."""
 
-    def __init__(self, data_source, spec, seed, epoch_len, truncation):
+    def __init__(self, data_source, spec, seed, epoch_len, truncation, train_min_sizes=()):
         self.data_source, self.spec, self.seed = data_source, spec, seed
         self.epoch_len, self.truncation = epoch_len, truncation
+        self.train_min_sizes = tuple(train_min_sizes)
 
     def __call__(self, position: int, record_index: int) -> dict[str, np.ndarray]:
         epoch = position // self.epoch_len
-        rng = np.random.default_rng([self.seed, _FLIP_STREAM, int(record_index), epoch])
-        flip = bool(rng.random() < 0.5)
-        inst = decode_record(self.data_source[int(record_index)])
-        return prepare_example(inst, self.spec, flip=flip, truncation=self.truncation)
+        flip, spec = random_augmentation(
+            self.spec, self.train_min_sizes, self.seed, record_index, epoch
+        )
+        inst = decode_record(self.data_source[int(record_index)]).without_crowd()
+        return prepare_example(inst, spec, flip=flip, truncation=self.truncation)
 
 
 def make_train_dataset(
@@ -241,6 +290,7 @@ def make_train_dataset(
     num_threads: int = 2,
     prefetch_buffer_size: int | None = None,
     truncation: TruncationCounter | None = None,
+    train_min_sizes=(),
 ) -> grain.IterDataset:
     """The training pipeline as a grain `IterDataset` of batches (iterate it for batches).
 
@@ -258,6 +308,8 @@ def make_train_dataset(
       num_threads: grain reader threads, each preparing whole images.
       prefetch_buffer_size: images prepared ahead; default 2 * batch_size.
       truncation: counter of instances dropped beyond M; a fresh one (logging only) if None.
+      train_min_sizes: multi-scale training: each image's short side is drawn from these
+        (see `random_augmentation`); empty = always min_size.
 
     Returns:
       IterDataset of dicts in the batch format, batch axis B, last partial batch dropped.
@@ -271,7 +323,14 @@ def make_train_dataset(
     records = grain.MapDataset.range(index, per_shard * count, count)
     records = records.shuffle(seed=seed).repeat(num_epochs)
     examples = records.map_with_index(
-        _TrainExample(data_source, spec, seed, per_shard, truncation or TruncationCounter())
+        _TrainExample(
+            data_source,
+            spec,
+            seed,
+            per_shard,
+            truncation or TruncationCounter(),
+            train_min_sizes,
+        )
     )
     read = grain.ReadOptions(
         num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size or 2 * batch_size
@@ -324,7 +383,7 @@ class _EvalExample:
     def __call__(self, record_index: int) -> dict[str, np.ndarray]:
         if record_index < 0:
             return padding_example(self.spec)
-        inst = decode_record(self.data_source[int(record_index)])
+        inst = decode_record(self.data_source[int(record_index)]).without_crowd()
         return prepare_example(inst, self.spec, truncation=self.truncation)
 
 

@@ -1,0 +1,79 @@
+"""What happens to bad input: a clear error, or a counted skip when the config allows it.
+
+Every reader and builder reports a problem through one `BadInputPolicy`:
+
+    policy = BadInputPolicy(skip=False)
+    policy.problem("unknown category id", "annotation 17 in train.json has category_id 99, "
+                   "not one of the ids in 'categories'; fix the id or add the category")
+
+With `skip=False` (the default) that raises `BadInputError` with the message, which names the
+file, the annotation and the fix. With `skip=True` it counts the problem under its reason, keeps
+the first few messages as examples, and the caller leaves the image or annotation out.
+`policy.summary()` lists every reason with its count; builders print it at the end and store the
+counts in the dataset's metadata, so nothing is dropped silently.
+
+Some clean-ups are not errors (a box clipped to the image, an object too small to train on):
+`policy.note(reason, message)` counts them whatever the setting.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+_log = logging.getLogger(__name__)
+
+# Example messages kept per reason for the summary.
+_EXAMPLES_PER_REASON = 3
+
+
+class BadInputError(ValueError):
+    """Input that cannot be used as it is; the message says where and how to fix it."""
+
+
+class BadInputPolicy:
+    """Raises on problems (default) or counts them as skips; counts clean-ups either way.
+
+    Attributes:
+      skip: leave bad images / annotations out (counted) instead of raising.
+      counts: reason -> how many times it happened.
+      examples: reason -> the first few messages.
+    """
+
+    def __init__(self, skip: bool = False):
+        self.skip = skip
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.examples: dict[str, list[str]] = collections.defaultdict(list)
+
+    def problem(self, reason: str, message: str) -> None:
+        """Raises `BadInputError(message)`, or records a skip when `skip` is set."""
+        if not self.skip:
+            raise BadInputError(
+                f"{message}\n(Set the dataset's skip_bad_input option to leave such input out "
+                "and count it instead.)"
+            )
+        self._count(f"skipped: {reason}", message)
+
+    def note(self, reason: str, message: str) -> None:
+        """Records a clean-up that the data needs whatever the setting (never raises)."""
+        self._count(reason, message)
+
+    def _count(self, key: str, message: str) -> None:
+        self.counts[key] += 1
+        if len(self.examples[key]) < _EXAMPLES_PER_REASON:
+            self.examples[key].append(message)
+        if self.counts[key] == 1:
+            _log.warning("%s: %s", key, message)
+
+    def summary(self) -> str:
+        """One line per reason: count, then up to three example messages."""
+        if not self.counts:
+            return "input hygiene: nothing skipped or changed"
+        lines = ["input hygiene summary:"]
+        for key in sorted(self.counts):
+            lines.append(f"  {self.counts[key]:>7d}  {key}")
+            lines.extend(f"             e.g. {m}" for m in self.examples[key])
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(sorted(self.counts.items()))

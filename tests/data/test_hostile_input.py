@@ -1,0 +1,288 @@
+"""Hostile input: every documented problem gives its clear error, or a counted skip when
+skip_bad_input is set; clean-ups (clipping, tiny objects, EXIF, pixel formats) are counted."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from msrcnn.data import instances, pipeline
+from msrcnn.data.bad_input import BadInputError, BadInputPolicy
+from msrcnn.data.image_io import read_image
+from msrcnn.data.records import Instances
+from tests.data import instance_fixtures as fx
+
+SQUARE = [[10.0, 10.0, 30.0, 10.0, 30.0, 30.0, 10.0, 30.0]]
+
+
+def _coco(root, annotations, images=None, write_images=True, raw_json=None):
+    """A COCO json with images a.jpg (id 1) and b.jpg (id 2) and the given annotations."""
+    os.makedirs(root, exist_ok=True)
+    images = images or [
+        {"id": 1, "file_name": "a.jpg", "height": fx.H, "width": fx.W},
+        {"id": 2, "file_name": "b.jpg", "height": fx.H, "width": fx.W},
+    ]
+    if write_images:
+        for k, name in enumerate(("a.jpg", "b.jpg")):
+            fx.save_jpeg(os.path.join(root, name), fx.random_image(k))
+    path = os.path.join(root, "ann.json")
+    with open(path, "w") as f:
+        if raw_json is not None:
+            f.write(raw_json)
+        else:
+            json.dump(
+                {
+                    "images": images,
+                    "annotations": annotations,
+                    "categories": [{"id": 1, "name": "thing"}],
+                },
+                f,
+            )
+    return path
+
+
+def _ann(ann_id, image_id=1, category_id=1, segmentation=SQUARE, bbox=(10, 10, 20, 20)):
+    out = {"id": ann_id, "image_id": image_id, "category_id": category_id, "iscrowd": 0}
+    if segmentation is not None:
+        out["segmentation"] = segmentation
+    if bbox is not None:
+        out["bbox"] = list(bbox)
+    return out
+
+
+def _build(tmp_path, json_path, skip=False):
+    root = os.path.dirname(json_path)
+    return instances.build_custom(
+        tmp_path / f"tfds_{skip}",
+        "coco",
+        [],
+        train={"annotations": json_path, "images": root},
+        skip_bad_input=skip,
+    )
+
+
+def _hygiene(builder):
+    return builder.info.metadata["hygiene"]["train"]
+
+
+PROBLEMS = {
+    # name: (annotations, what to do to the files, error pattern, skip reason)
+    "unknown_category": (
+        [_ann(7), _ann(8, category_id=99)],
+        None,
+        r"annotation 8 in .*ann.json has category_id 99",
+        "skipped: unknown category id",
+    ),
+    "unknown_image": (
+        [_ann(7), _ann(8, image_id=5)],
+        None,
+        r"annotation 8 in .*ann.json has image_id 5",
+        "skipped: annotation of an unknown image",
+    ),
+    "no_segmentation": (
+        [_ann(7), _ann(8, segmentation=None)],
+        None,
+        r"annotation 8 in .*ann.json has no segmentation",
+        "skipped: annotation without segmentation",
+    ),
+    "flat_polygon": (
+        [_ann(7), _ann(8, segmentation=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])],
+        None,
+        r"annotation 8 of image 1 .*a.jpg.*none of: a list of polygons",
+        "skipped: malformed segmentation",
+    ),
+    "missing_image": (
+        [_ann(7)],
+        lambda root: os.remove(os.path.join(root, "b.jpg")),
+        r"cannot read image .*b.jpg \(image id 2 in .*ann.json\)",
+        "skipped: missing or unreadable image file",
+    ),
+    "corrupt_image": (
+        [_ann(7)],
+        lambda root: pathlib.Path(root, "b.jpg").write_bytes(b"\xff\xd8 not a jpeg"),
+        r"cannot decode image .*b.jpg",
+        "skipped: corrupt image file",
+    ),
+    "truncated_image": (
+        [_ann(7)],
+        lambda root: _truncate(os.path.join(root, "b.jpg")),
+        r"cannot decode image .*b.jpg",
+        "skipped: corrupt image file",
+    ),
+    "size_mismatch": (
+        [_ann(7)],
+        lambda root: fx.save_jpeg(os.path.join(root, "b.jpg"), fx.random_image(3, (40, 64))),
+        r"image .*b.jpg .* is 40x64 .* but the annotation says 48x64",
+        "skipped: image size differs from the annotation",
+    ),
+}
+
+
+def _truncate(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("name", sorted(PROBLEMS))
+def test_problem_errors_or_counted_skip(tmp_path, name):
+    annotations, damage, pattern, reason = PROBLEMS[name]
+    root = str(tmp_path / "src")
+    json_path = _coco(root, annotations)
+    if damage:
+        damage(root)
+    with pytest.raises(BadInputError, match=pattern) as error:
+        _build(tmp_path, json_path)
+    assert "skip_bad_input" in str(error.value)  # says how to skip instead
+    builder = _build(tmp_path, json_path, skip=True)
+    assert _hygiene(builder)[reason] == 1
+    records = builder.as_data_source("train")
+    # Whatever was skipped, the good annotation 7 on image 1 is there.
+    assert len(records[0]["objects"]["label"]) == 1
+
+
+def test_malformed_json_names_the_file(tmp_path):
+    json_path = _coco(str(tmp_path / "src"), [], raw_json='{"images": [')
+    with pytest.raises(BadInputError, match=r"ann.json is not valid JSON"):
+        _build(tmp_path, json_path, skip=True)  # not skippable: nothing to read
+    json_path = _coco(str(tmp_path / "src2"), [], raw_json='{"images": []}')
+    with pytest.raises(BadInputError, match=r"missing \['annotations', 'categories'\]"):
+        _build(tmp_path, json_path)
+
+
+def test_cleanups_are_counted_not_fatal(tmp_path):
+    annotations = [
+        _ann(1),
+        _ann(2, bbox=(10, 10, 0, 20)),  # zero width
+        _ann(3, bbox=(50, 30, 30, 30)),  # crosses the right and bottom edges: clipped
+        _ann(4, segmentation=[[1.0, 2.0, 3.0, 4.0]]),  # a 2-point polygon
+        _ann(5, segmentation=[[1.0, 2.0, 3.0, 4.0], SQUARE[0]], bbox=None),  # one good polygon
+    ]
+    builder = _build(tmp_path, _coco(str(tmp_path / "src"), annotations))
+    hygiene = _hygiene(builder)
+    assert hygiene["object with a box under 1 px (after clipping) dropped"] == 1
+    assert hygiene["box clipped to the image"] == 1
+    assert (
+        hygiene["polygon with fewer than 3 points (or odd / non-finite coordinates) dropped"] == 2
+    )
+    assert hygiene["object without a usable segmentation dropped"] == 1
+    assert hygiene["images without any (non-crowd) object, kept"] == 1
+    record = builder.as_data_source("train")[0]
+    assert sorted(record["objects"]["ann_id"]) == [b"1", b"3", b"5"] or sorted(
+        record["objects"]["ann_id"]
+    ) == ["1", "3", "5"]
+    boxes = np.asarray(record["objects"]["box"])
+    assert boxes[:, 2].max() <= fx.W and boxes[:, 3].max() <= fx.H
+
+
+def test_pixel_formats_become_rgb_uint8(tmp_path):
+    policy = BadInputPolicy()
+    grey = np.arange(fx.H * fx.W, dtype=np.uint8).reshape(fx.H, fx.W)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    rgba = np.dstack([fx.random_image(1), np.full((fx.H, fx.W), 7, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    deep = (np.arange(fx.H * fx.W, dtype=np.uint16) * 16).reshape(fx.H, fx.W)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    out = read_image(tmp_path / "grey.png", policy).pixels
+    np.testing.assert_array_equal(out, np.repeat(grey[..., None], 3, -1))
+    out = read_image(tmp_path / "rgba.png", policy).pixels
+    np.testing.assert_array_equal(out, rgba[..., :3])
+    out = read_image(tmp_path / "deep.png", policy).pixels
+    expect = np.clip(np.rint(deep * 255.0 / 65535.0), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(out, np.repeat(expect[..., None], 3, -1))
+    for loaded in (out,):
+        assert loaded.dtype == np.uint8 and loaded.shape == (fx.H, fx.W, 3)
+
+
+def test_exif_orientation(tmp_path):
+    pixels = fx.random_image(4)  # stored 48 x 64
+    (tmp_path / "rot.jpg").write_bytes(fx.jpeg_with_exif_orientation(pixels, 6))
+    policy = BadInputPolicy()
+    # Orientation 6: shown rotated 90 degrees clockwise, i.e. 64 x 48.
+    shown = read_image(tmp_path / "rot.jpg", policy, expected_hw=(fx.W, fx.H))
+    stored = np.asarray(Image.open(tmp_path / "rot.jpg"))
+    np.testing.assert_array_equal(shown.pixels, np.rot90(stored, k=-1))
+    assert policy.counts["EXIF orientation applied"] == 1
+    # Annotated on the stored pixels: the rotation is not applied, and that is counted.
+    raw = read_image(tmp_path / "rot.jpg", policy, expected_hw=(fx.H, fx.W))
+    np.testing.assert_array_equal(raw.pixels, stored)
+    assert policy.counts["EXIF rotation not applied: annotations match the stored pixels"] == 1
+
+
+def test_via_problems(tmp_path):
+    root = tmp_path / "via"
+    fx.via_dataset(str(root), num_images=1)
+    data = json.loads((root / "via.json").read_text())
+    entry = next(iter(data.values()))
+    entry["regions"][0]["region_attributes"] = {}
+    entry["regions"][1]["region_attributes"] = {"class": "zebra"}
+    entry["regions"][2]["shape_attributes"] = {"name": "point", "cx": 3, "cy": 4}
+    (root / "bad.json").write_text(json.dumps(data))
+
+    def build(skip):
+        return instances.build_custom(
+            tmp_path / f"tfds{skip}",
+            "via",
+            ["balloon", "kite"],
+            train={"annotations": str(root / "bad.json"), "images": str(root)},
+            skip_bad_input=skip,
+        )
+
+    with pytest.raises(BadInputError, match=r"region 0 of photo0.jpg .* no region attribute"):
+        build(False)
+    hygiene = build(True).info.metadata["hygiene"]["train"]
+    assert hygiene["skipped: VIA region without a class"] == 1
+    assert hygiene["skipped: unknown class name"] == 1
+    assert hygiene["skipped: malformed or unsupported VIA region"] == 1
+
+
+def test_png_mask_problems(tmp_path):
+    root = tmp_path / "oi"
+    fx.png_mask_dataset(str(root), num_images=2)
+    lines = (root / "masks.csv").read_text().splitlines()
+    lines[1] = lines[1].replace("/m/pumpkin", "/m/unknown")
+    os.remove(root / "masks" / lines[2].split(",")[0])
+    (root / "bad.csv").write_text("\n".join(lines) + "\n")
+
+    def build(skip):
+        return instances.build_custom(
+            tmp_path / f"tfds{skip}",
+            "png_masks",
+            ["/m/pumpkin", "/m/leaf"],
+            train={
+                "annotations": str(root / "bad.csv"),
+                "images": str(root / "images"),
+                "masks": str(root / "masks"),
+            },
+            skip_bad_input=skip,
+        )
+
+    with pytest.raises(BadInputError, match=r"row 2 of .*bad.csv has LabelName '/m/unknown'"):
+        build(False)
+    hygiene = build(True).info.metadata["hygiene"]["train"]
+    assert hygiene["skipped: unknown class name"] == 1
+    assert hygiene["skipped: missing or corrupt mask file"] == 1
+
+
+def test_missing_coco_download_says_what_to_put_where(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"instances_train2017.json") as error:
+        instances.build_coco(tmp_path / "tfds", manual_dir=str(tmp_path / "nothing"))
+    assert "train2017/" in str(error.value) and "cocodataset.org" in str(error.value)
+
+
+def test_load_time_drops_unusable_boxes_and_counts_them():
+    masks = np.ones((3, 32, 32), bool)
+    boxes = np.array([[2, 2, 20, 20], [5, 5, 5.5, 20], [np.nan, 1, 4, 4]], np.float32)
+    inst = Instances(np.zeros((32, 32, 3), np.uint8), 9, boxes, np.array([1, 2, 3]), masks)
+    counter = pipeline.TruncationCounter()
+    spec = pipeline.InputSpec((32, 32), 4, 8)
+    out = pipeline.prepare_example(inst, spec, truncation=counter)
+    assert out["gt_valid"].tolist() == [True, False, False, False]
+    assert out["gt_classes"][0] == 1
+    assert (counter.unusable_images, counter.unusable_instances) == (1, 2)
