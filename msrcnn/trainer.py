@@ -64,6 +64,13 @@ class MetricsWriter:
         for name, value in scalars.items():
             self.tb.add_scalar(name, value, step)
 
+    def write_images(self, step: int, images: dict) -> None:
+        """uint8 [H, W, 3] images as TensorBoard image summaries."""
+        if not self.enabled:
+            return
+        for name, image in images.items():
+            self.tb.add_image(name, image, step, dataformats="HWC")
+
     def close(self) -> None:
         if self.enabled:
             self.jsonl.close()
@@ -91,6 +98,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = sharding.data_mesh()
     model = config_lib.build_model(config)
     data = datasets.load(config)
+    # Checkpoints carry the label map, so a Predictor or `msrcnn.predict` names classes and
+    # writes the dataset's category ids without the dataset at hand.
+    config.data.class_names = list(data.class_names)
+    config.data.category_ids = [int(i) for i in data.category_ids]
     image_hw = tuple(config.data.image_hw)
 
     abstract_params = jax.eval_shape(
@@ -182,6 +193,9 @@ def _evaluate_and_log(config, model, state, data, writer, workdir, step):
         print(runner.format_results(table, step))
         runner.write_results(table, os.path.join(workdir, f"eval_step_{step}.json"))
         writer.write(step, runner.flat_scalars(table))
+        writer.write_images(
+            step, {f"eval/predictions/{k}": img for k, img in enumerate(table["previews"])}
+        )
     return table
 
 

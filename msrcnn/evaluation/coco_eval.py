@@ -57,11 +57,13 @@ class EvalTable:
         where COCO leaves it undefined.
       notes: remarks on how the rows were produced (e.g. empty predictions).
       logs: row label -> COCOeval's captured output.
+      curves: row label -> precision-recall curves (`pr_curves`), for plots.
     """
 
     rows: dict[str, dict[str, float]]
     notes: list[str] = dataclasses.field(default_factory=list)
     logs: dict[str, str] = dataclasses.field(default_factory=dict)
+    curves: dict[str, dict[str, list[float]]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -131,12 +133,34 @@ def _evaluator(backend: str):
     raise ValueError(f"unknown backend {backend!r}; use 'pycocotools' or 'faster_coco_eval'")
 
 
+def pr_curves(evaluator) -> dict[str, list[float]]:
+    """Precision at COCO's 101 recall points, averaged over classes that have ground truth,
+    for all areas and 100 detections: at IoU 0.5, at 0.75 and averaged over 0.5:0.95."""
+    precision = np.asarray(evaluator.eval["precision"])[:, :, :, 0, -1]  # [T, R, K]
+    valid = precision > -1
+
+    def mean_over_classes(p, v):
+        total, count = np.where(v, p, 0.0).sum(-1), v.sum(-1)
+        return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+    thresholds = np.asarray(evaluator.params.iouThrs)
+    per_iou = mean_over_classes(precision, valid)  # [T, R]
+    at = lambda iou: per_iou[int(np.argmin(np.abs(thresholds - iou)))].tolist()
+    return {
+        "recall": np.asarray(evaluator.params.recThrs).tolist(),
+        "precision@0.5": at(0.5),
+        "precision@0.75": at(0.75),
+        "precision@0.5:0.95": per_iou.mean(0).tolist(),
+    }
+
+
 def evaluate_results(
     coco_gt: COCO,
     results: list[dict],
     iou_type: str,
     image_ids: Iterable[int] | None = None,
     backend: str = "pycocotools",
+    curves_out: dict | None = None,
 ) -> tuple[np.ndarray, str]:
     """Runs COCOeval on one result list -> (stats [12], captured output).
 
@@ -146,6 +170,7 @@ def evaluate_results(
       iou_type: "bbox" or "segm".
       image_ids: evaluate only these images (e.g. a subset that was run); default all.
       backend: "pycocotools" or "faster_coco_eval".
+      curves_out: if given, filled with `pr_curves` of this evaluation.
 
     Returns:
       COCOeval's 12 summary stats (AP x 6, AR x 6; -1 where undefined) and its output.
@@ -165,6 +190,8 @@ def evaluate_results(
     _, eval_text = _quiet(
         lambda: (evaluator.evaluate(), evaluator.accumulate(), evaluator.summarize())
     )
+    if curves_out is not None and getattr(evaluator, "eval", None):
+        curves_out.update(pr_curves(evaluator))
     return np.asarray(evaluator.stats, np.float64), text + eval_text
 
 
@@ -193,7 +220,12 @@ def evaluate(
     for key, label in ROW_LABELS.items():
         if key not in results:
             continue
-        stats, text = evaluate_results(coco_gt, results[key], IOU_TYPES[key], image_ids, backend)
+        curves: dict = {}
+        stats, text = evaluate_results(
+            coco_gt, results[key], IOU_TYPES[key], image_ids, backend, curves
+        )
+        if curves:
+            table.curves[label] = curves
         table.rows[label] = {
             col: float(v) for col, v in zip(COLUMNS, stats[: len(COLUMNS)], strict=True)
         }

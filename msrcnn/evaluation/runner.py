@@ -31,17 +31,37 @@ def make_eval_fn(model, config):
     return run
 
 
-def evaluate_variables(config, model, variables, data) -> dict:
+def _preview(batch, index: int, detections, config):
+    """The detections drawn on one evaluation image (its network input, resized back to the
+    original size), for TensorBoard."""
+    import numpy as np
+    from PIL import Image
+
+    from msrcnn import visualize
+
+    h, w = (int(v) for v in batch["image_hw"][index])
+    oh, ow = (int(v) for v in batch["orig_hw"][index])
+    image = np.asarray(batch["images"][index][:h, :w])
+    if (h, w) != (oh, ow):
+        image = np.asarray(Image.fromarray(image).resize((ow, oh), Image.BILINEAR))
+    names = list(config.data.class_names) or None
+    return visualize.draw_detections(image, detections, names, score_threshold=0.5)
+
+
+def evaluate_variables(config, model, variables, data, num_previews: int = 4) -> dict:
     """Inference over `data.eval_batches()` and COCO evaluation.
 
     Returns:
-      {'table': EvalTable as dict, 'calibration': summary dict, 'num_images': int}.
+      {'table': EvalTable, 'calibration': summary dict (None without a MaskIoU head),
+       'calibration_arrays': (predicted [N], true [N]) MaskIoU of every detection or None,
+       'num_images': int, 'previews': overlays of the first `num_previews` images}.
     """
     run = make_eval_fn(model, config)
     category_ids = data.category_ids
     coco_gt = coco_eval.load_ground_truth(data.coco_gt)
     pairs = calibration.CalibrationPairs()
     results = {"bbox": [], "segm": [], "segm_ms": []}
+    previews: list = []
     num_images = 0
     for batch in data.eval_batches():
         outputs = run(variables, jnp.asarray(batch["images"]), jnp.asarray(batch["image_hw"]))
@@ -51,7 +71,9 @@ def evaluate_variables(config, model, variables, data) -> dict:
             category_ids,
             mask_threshold=config.inference.mask_threshold,
         )
-        for image_id, detections in items:
+        for index, (image_id, detections) in enumerate(items):
+            if len(previews) < num_previews:
+                previews.append(_preview(batch, index, detections, config))
             rles = coco_format.encode_masks(detections.masks)
             for kind, entries in coco_format.image_results(image_id, detections, rles).items():
                 results[kind].extend(entries)
@@ -60,7 +82,14 @@ def evaluate_variables(config, model, variables, data) -> dict:
             num_images += 1
     table = coco_eval.evaluate(coco_gt, results)
     summary = pairs.summary() if model.mask_scoring else None
-    return {"table": table, "calibration": summary, "num_images": num_images}
+    arrays = pairs.arrays()[:2] if model.mask_scoring else None
+    return {
+        "table": table,
+        "calibration": summary,
+        "calibration_arrays": arrays,
+        "num_images": num_images,
+        "previews": previews,
+    }
 
 
 def format_results(result: dict, step: int | None = None) -> str:
@@ -77,15 +106,34 @@ def format_results(result: dict, step: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_results(result: dict, path: str) -> None:
+def write_results(result: dict, path: str) -> dict[str, str]:
+    """Writes the table (with precision-recall curves) as json at `path`, and next to it
+    PATH_pr.png (segm ranked by class score vs by mask score, and bbox) and, for a
+    mask-scoring model, PATH_calibration.png (predicted vs true MaskIoU). Returns the paths."""
+    from msrcnn.evaluation import plots  # matplotlib only when writing
+
     payload = {
         "num_images": result["num_images"],
         "table": result["table"].to_dict(),
         "calibration": result["calibration"],
+        "pr_curves": result["table"].curves,
     }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
+    stem = os.path.splitext(path)[0]
+    written = {"json": path}
+    if result["table"].curves:
+        written["pr"] = stem + "_pr.png"
+        plots.pr_curves_plot(
+            result["table"].curves, written["pr"], f"{result['num_images']} images"
+        )
+    if result.get("calibration_arrays") is not None:
+        written["calibration"] = stem + "_calibration.png"
+        plots.calibration_plot(
+            *result["calibration_arrays"], written["calibration"], "MaskIoU head"
+        )
+    return written
 
 
 def flat_scalars(result: dict) -> dict[str, float]:
