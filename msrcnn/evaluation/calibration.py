@@ -122,16 +122,24 @@ class CalibrationPairs:
 
 
 def calibration_summary(predicted: np.ndarray, true: np.ndarray) -> dict[str, float | int | None]:
-    """Calibration numbers of [N] predicted and [N] true IoUs (means are None when N = 0)."""
+    """Calibration numbers of [N] predicted and [N] true IoUs (means are None when N = 0).
+
+    `pearson_r` is over all detections; `pearson_r_matched` over those with a true IoU > 0,
+    i.e. with a ground truth of their class under them (the MaskIoU head is trained on
+    positives only, so this is the part it can be right about).
+    """
     predicted, true = np.asarray(predicted, np.float64), np.asarray(true, np.float64)
     n = int(predicted.size)
 
     def mean(values):
         return float(values.mean()) if n else None
 
+    matched = true > 0  # some ground truth of the detection's class overlaps it
     return {
         "n": n,
         "pearson_r": pearson_r(predicted, true),
+        "n_matched": int(matched.sum()),
+        "pearson_r_matched": pearson_r(predicted[matched], true[matched]),
         "mean_abs_error": mean(np.abs(predicted - true)),
         "mean_predicted": mean(predicted),
         "mean_true": mean(true),

@@ -98,11 +98,15 @@ def format_results(result: dict, step: int | None = None) -> str:
     cal = result.get("calibration")
     if cal:
         r = cal.get("pearson_r")
-        lines.append(
+        line = (
             f"MaskIoU calibration: Pearson r = {r:.3f} over {cal['n']} detections"
             if r is not None
             else f"MaskIoU calibration: undefined over {cal['n']} detections"
         )
+        matched = cal.get("pearson_r_matched")
+        if matched is not None:
+            line += f"; {matched:.3f} over the {cal['n_matched']} with a same-class ground truth"
+        lines.append(line)
     return "\n".join(lines)
 
 

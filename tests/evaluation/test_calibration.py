@@ -70,8 +70,19 @@ def test_pearson_edge_cases():
     empty = calibration.CalibrationPairs().summary()
     assert empty == {
         "n": 0,
+        "n_matched": 0,
+        "pearson_r_matched": None,
         "pearson_r": None,
         "mean_abs_error": None,
         "mean_predicted": None,
         "mean_true": None,
     }
+
+
+def test_matched_pearson_leaves_out_detections_without_ground_truth():
+    predicted = np.array([0.9, 0.5, 0.2, 0.8, 0.7])
+    true = np.array([0.85, 0.45, 0.3, 0.0, 0.0])  # the last two overlap nothing of their class
+    summary = calibration.calibration_summary(predicted, true)
+    assert summary["n"] == 5 and summary["n_matched"] == 3
+    assert summary["pearson_r_matched"] == pytest.approx(np.corrcoef(predicted[:3], true[:3])[0, 1])
+    assert summary["pearson_r"] == pytest.approx(np.corrcoef(predicted, true)[0, 1])
