@@ -52,6 +52,8 @@ class ObjectAnnotation:
       box: xyxy pixel-edge box from the source, or None to take the mask's.
       is_crowd: a COCO crowd region.
       box_is_relative: the box is in fractions of the image size (Open Images).
+      area: the source's area (COCO's `area`, what COCOeval's size ranges use); None = the
+        mask's pixel count.
     """
 
     ann_id: int | str
@@ -60,6 +62,7 @@ class ObjectAnnotation:
     box: np.ndarray | None = None
     is_crowd: bool = False
     box_is_relative: bool = False
+    area: float | None = None
 
 
 @dataclasses.dataclass
@@ -170,7 +173,8 @@ def to_record_objects(
     """The objects of one image as builder fields (lists, one entry per kept object).
 
     Returns:
-      {"box": float32 [4] xyxy, "label": int, "is_crowd": bool, "area": float (mask pixels),
+      {"box": float32 [4] xyxy, "label": int, "is_crowd": bool, "area": float (the source's
+       area if it has one, else mask pixels),
        "rle": str (compressed RLE counts; size is the image's), "ann_id": str}
     """
     h, w = hw
@@ -208,7 +212,7 @@ def to_record_objects(
         out["box"].append(clipped.astype(np.float32))
         out["label"].append(int(obj.label))
         out["is_crowd"].append(bool(obj.is_crowd))
-        out["area"].append(area)
+        out["area"].append(float(obj.area) if obj.area is not None else area)
         out["rle"].append(counts.decode() if isinstance(counts, bytes) else counts)
         out["ann_id"].append(str(obj.ann_id))
     return out

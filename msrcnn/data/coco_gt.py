@@ -7,9 +7,10 @@
 
 Image ids are the records' `image_id`; annotation ids run 1, 2, ... (COCOeval treats id 0 as
 "unmatched", so 0 must not be an annotation id); every annotation has the record's is_crowd
-(0 when the record has none) as iscrowd, its mask as
-compressed RLE (`counts` as str, so the dict is JSON-serialisable), `area` = mask pixel count
-(COCO's convention for segmentation) and `bbox` = [x, y, w, h] of the record's xyxy box.
+(0 when the record has none) as iscrowd, its mask as compressed RLE (`counts` as str, so the
+dict is JSON-serialisable), `area` = the record's own area when it has one (COCO's annotation
+area, which COCOeval's size ranges use), else the mask pixel count (COCO's convention for
+segmentation), and `bbox` = [x, y, w, h] of the record's xyxy box.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def coco_ground_truth(
         # pycocotools encodes Fortran-ordered uint8 [H, W, N].
         rles = mask_utils.encode(np.asfortranarray(inst.masks.transpose(1, 2, 0), np.uint8))
         areas = mask_utils.area(rles)
+        if "area" in record["objects"]:  # the dataset's own areas (COCO's), as COCOeval uses
+            areas = np.asarray(record["objects"]["area"], np.float64).reshape(len(areas))
         per_object = zip(rles, areas, inst.boxes, inst.labels, inst.is_crowd, strict=True)
         for rle, area, box, label, crowd in per_object:
             x1, y1, x2, y2 = (float(v) for v in box)

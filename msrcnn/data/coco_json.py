@@ -140,6 +140,7 @@ def read_coco_json(
                 segmentation=segmentation,
                 box=box,
                 is_crowd=bool(ann.get("iscrowd", 0)),
+                area=float(ann["area"]) if isinstance(ann.get("area"), (int, float)) else None,
             )
         )
     return categories, list(images.values())

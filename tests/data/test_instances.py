@@ -77,6 +77,8 @@ def test_coco_ids_round_trip(coco_built):
     )
     gt_cats = sorted((a["image_id"], a["category_id"], a["iscrowd"]) for a in gt["annotations"])
     assert gt_cats == source_cats
+    # COCO's own areas (the fixture writes 1.0) reach the ground truth for COCOeval's ranges.
+    assert {a["area"] for a in gt["annotations"]} == {1.0}
     # The crowd region is in the ground truth but not among training instances.
     inst = decode_record(records[0])
     assert inst.is_crowd.sum() == 1 and len(inst.without_crowd().labels) == len(inst.labels) - 1
