@@ -13,6 +13,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from msrcnn.sharding import allgather_json
+
 
 def _manager(directory: str, create: bool) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(create=create)
@@ -34,6 +36,15 @@ def save_variables(directory: str, variables, config: ml_collections.ConfigDict,
         manager.wait_until_finished()
 
 
+def _single_device_target(step_dir: str):
+    """Shapes and dtypes of a step's `variables`, placed on this process's first device."""
+    metadata = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "variables"))
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+
+
 def load_variables(directory: str, step: int | None = None):
     """-> (variables, config) of `step` (default: the latest) in a checkpoint directory."""
     if not os.path.isdir(directory):
@@ -42,10 +53,13 @@ def load_variables(directory: str, step: int | None = None):
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{directory!r} holds no checkpoint steps")
+        # Restore onto this process's first device whatever devices wrote the checkpoint
+        # (several GPUs, several hosts): a target of shapes and dtypes with that sharding.
+        target = _single_device_target(os.path.join(str(manager.directory), str(step)))
         restored = manager.restore(
             step,
             args=ocp.args.Composite(
-                variables=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()
+                variables=ocp.args.StandardRestore(target), config=ocp.args.JsonRestore()
             ),
         )
     return restored["variables"], ml_collections.ConfigDict(restored["config"])
@@ -106,8 +120,10 @@ class TrainCheckpointer:
 
     def __init__(self, directory: str, config: ml_collections.ConfigDict):
         self.config = config
+        # Orbax writes each step into a temporary directory and renames it when complete;
+        # cleanup_tmp_directories removes what a killed process left half-written.
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=config.train.keep_checkpoints, create=True
+            max_to_keep=config.train.keep_checkpoints, create=True, cleanup_tmp_directories=True
         )
         self.manager = ocp.CheckpointManager(
             os.path.abspath(directory),
@@ -121,7 +137,10 @@ class TrainCheckpointer:
             args=ocp.args.Composite(
                 variables=ocp.args.StandardSave(state.variables()),
                 opt_state=ocp.args.StandardSave(state.opt_state),
-                data=ocp.args.JsonSave(_iterator_state_to_json(iterator_state)),
+                # Every process reads its own shard, so the positions of all are kept.
+                data=ocp.args.JsonSave(
+                    {"per_process": allgather_json(_iterator_state_to_json(iterator_state))}
+                ),
                 config=ocp.args.JsonSave(json.loads(self.config.to_json())),
             ),
         )
@@ -167,8 +186,22 @@ class TrainCheckpointer:
             opt_state=restored["opt_state"],
             batch_stats=variables.get("batch_stats", {}),
         )
-        return state, _iterator_state_from_json(restored["data"])
+        data = restored["data"]
+        if "per_process" in data:
+            positions = data["per_process"]
+            if len(positions) != jax.process_count():
+                raise ValueError(
+                    f"{self.manager.directory} step {step} was written by {len(positions)} "
+                    f"processes, this run has {jax.process_count()}: the data positions of "
+                    "each process cannot be carried over; resume with the same process count"
+                )
+            data = positions[jax.process_index()]
+        return state, _iterator_state_from_json(data)
 
     def close(self) -> None:
+        """Waits for pending saves and closes; calling it again does nothing."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self.manager.wait_until_finished()
         self.manager.close()

@@ -17,6 +17,34 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and results")
 flags.mark_flags_as_required(["config", "workdir"])
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "call jax.distributed.initialize(): cluster auto-detection (SLURM, TPU pods, ...) or the "
+    "three flags below",
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processes")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
+
+
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
+    """jax.distributed.initialize(), with gloo collectives when the processes run on CPU."""
+    import jax
+
+    if (jax.config.jax_platforms or "").startswith("cpu") or not _has_accelerator():
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+
+
+def _has_accelerator() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "libtpu"))
 
 
 def main(argv) -> None:
@@ -28,6 +56,8 @@ def main(argv) -> None:
     config.model.num_classes  # noqa: B018
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+    if _DISTRIBUTED.value or _COORDINATOR.value:
+        initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     trainer.train_and_evaluate(config, _WORKDIR.value)
 
 

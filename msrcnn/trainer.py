@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import sys
+import threading
 import time
 
 import jax
@@ -77,15 +78,82 @@ class MetricsWriter:
             self.tb.close()
 
 
-def _check_finite(step: int, metrics: dict[str, float], config, last_saved: int | None):
-    if metrics.get("finite", 1.0) >= 1.0 or config.train.skip_nonfinite:
-        return
-    terms = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k != "finite")
-    raise FloatingPointError(
-        f"non-finite loss at step {step}: {terms}. Last good checkpoint: "
-        f"{'step ' + str(last_saved) if last_saved is not None else 'none'}. "
-        "Set --config.train.skip_nonfinite=True to skip such updates instead."
-    )
+class NonFiniteTracker:
+    """Watches every step's `finite` metric without a host sync per step.
+
+    On device it counts non-finite steps and keeps the first one's step and metrics; the host
+    reads them only when it logs or saves. So a NaN at any step is reported with its own step
+    and loss terms, and a checkpoint is never written after one (unless updates are skipped,
+    in which case the parameters never saw it).
+    """
+
+    def __init__(self):
+        self.count = jnp.zeros((), jnp.int32)
+        self.first_step = jnp.zeros((), jnp.int32)
+        self.first_metrics = None
+
+    def update(self, step: int, metrics) -> None:
+        bad = metrics["finite"] < 1.0
+        first = bad & (self.count == 0)
+        if self.first_metrics is None:
+            self.first_metrics = metrics
+        else:
+            self.first_metrics = jax.tree.map(
+                lambda old, new: jnp.where(first, new, old), self.first_metrics, metrics
+            )
+        self.first_step = jnp.where(first, step, self.first_step)
+        self.count = self.count + bad.astype(jnp.int32)
+
+    def check(self, config, last_saved: int | None) -> int:
+        """Raises FloatingPointError (unless skipping is on); returns the count so far."""
+        count = int(self.count)
+        if count and not config.train.skip_nonfinite:
+            metrics = {k: float(v) for k, v in jax.device_get(self.first_metrics).items()}
+            terms = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k != "finite")
+            raise FloatingPointError(
+                f"non-finite loss at step {int(self.first_step)}: {terms}. Last good "
+                f"checkpoint: {'step ' + str(last_saved) if last_saved is not None else 'none'}"
+                " (no checkpoint is written after a non-finite step). Set "
+                "--config.train.skip_nonfinite=True to skip such updates instead."
+            )
+        return count
+
+
+class PreemptionFlag:
+    """Set by SIGTERM (cluster preemption, `kill`): the loop saves and stops at the next step.
+
+    With several processes the flag is agreed among all of them (any one set stops all), so
+    every process saves the same step.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        import signal
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def stop_now(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.asarray(self.requested))
+        return bool(np.any(flags))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -137,7 +205,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     num_steps = config.train.num_steps
     first = int(state.step)
     logged: dict[str, float] = {}
-    skipped = 0
     bar = tqdm.tqdm(
         total=num_steps,
         initial=first,
@@ -148,15 +215,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         mininterval=0.1 if sys.stderr.isatty() else 30.0,
     )
     start = time.time()
+    nonfinite = NonFiniteTracker()
+    preemption = PreemptionFlag()
     try:
+        preemption.__enter__()
         for step in range(first + 1, num_steps + 1):
             batch = sharding.global_batch(mesh, next(train_iter))
             state, metrics = step_fn(state, batch)
+            nonfinite.update(step, metrics)
             bar.update(1)
             if step % config.train.log_every == 0 or step == num_steps:
                 logged = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                _check_finite(step, logged, config, last_saved)
-                skipped += int(logged["finite"] < 1.0)
+                skipped = nonfinite.check(config, last_saved)
                 logged["skipped_nonfinite"] = skipped
                 logged["steps_per_s"] = (step - first) / max(time.time() - start, 1e-9)
                 writer.write(step, logged)
@@ -168,14 +238,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     },
                     refresh=False,
                 )
-            if step % config.train.checkpoint_every == 0 or step == num_steps:
+            stop = preemption.stop_now()
+            if step % config.train.checkpoint_every == 0 or step == num_steps or stop:
+                nonfinite.check(config, last_saved)  # never save after a non-finite step
                 ckpt.save(step, state, train_iter.get_state())
                 last_saved = step
+            if stop:
+                ckpt.close()  # waits for the save to be complete on disk
+                print(f"stopped by SIGTERM after step {step}; checkpoint saved, rerun to resume")
+                return {"step": step, "metrics": logged, "eval": None, "preempted": True}
             every = config.train.eval_every
             if every and step % every == 0 and step != num_steps:
                 _evaluate_and_log(config, model, state, data, writer, workdir, step)
         eval_table = _evaluate_and_log(config, model, state, data, writer, workdir, num_steps)
     finally:
+        preemption.__exit__()
         bar.close()
         ckpt.close()
         writer.close()

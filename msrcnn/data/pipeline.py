@@ -28,11 +28,11 @@ Per image (`prepare_example`, numpy on the host, in grain's reader threads):
      interpolate) and scale the boxes by the per-axis ratio resized / original;
   6. zero-pad the image to the static `image_hw` (bottom/right) and the instances to M.
 
-Training order: the shard's records are shuffled with `seed` (grain reshuffles every epoch),
-repeated (`num_epochs`, default forever) and batched with drop_remainder. Sharding across
-hosts (`jax.process_index()` of `jax.process_count()` by default) takes records
-`index, index + count, ...`; for training each shard gets `len // count` records so that all
-hosts run the same number of steps per epoch.
+Training order: the records are shuffled with `seed` (grain reshuffles every epoch) and
+repeated (`num_epochs`, default forever) into one global stream, the same on every host; each
+global batch is `batch_size x hosts` consecutive stream positions, and host `index` (of
+`count`, by default `jax.process_index()` of `jax.process_count()`) prepares its `batch_size`
+slice of it. So a run on N hosts sees the same global batches as a run on one.
 
 Evaluation: each host takes every `count`-th record, padded with padding images (all zero,
 image_id -1, no instances, image_hw = orig_hw = the padded input size, so nothing divides
@@ -258,19 +258,43 @@ def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
 
 
 class _TrainExample:
-    """(position in the repeated shuffled stream, record index) -> batch element."""
+    """This host's k-th example -> batch element, from the global shuffled stream.
 
-    def __init__(self, data_source, spec, seed, epoch_len, truncation, train_min_sizes=()):
-        self.data_source, self.spec, self.seed = data_source, spec, seed
-        self.epoch_len, self.truncation = epoch_len, truncation
+    All hosts share one stream (the records shuffled per epoch, repeated); global batch j is
+    stream positions [j * G, (j + 1) * G) and host i takes its slice [i * B, (i + 1) * B) of
+    each, so the global batches are the same whatever the number of hosts.
+    """
+
+    def __init__(
+        self,
+        data_source,
+        stream,
+        spec,
+        seed,
+        local_batch,
+        num_hosts,
+        host,
+        truncation,
+        train_min_sizes=(),
+    ):
+        self.data_source, self.stream, self.spec, self.seed = data_source, stream, spec, seed
+        self.local_batch, self.global_batch = local_batch, local_batch * num_hosts
+        self.host, self.truncation = host, truncation
+        self.epoch_len = len(data_source)
         self.train_min_sizes = tuple(train_min_sizes)
 
-    def __call__(self, position: int, record_index: int) -> dict[str, np.ndarray]:
+    def global_position(self, k: int) -> int:
+        batch, offset = divmod(int(k), self.local_batch)
+        return batch * self.global_batch + self.host * self.local_batch + offset
+
+    def __call__(self, k: int) -> dict[str, np.ndarray]:
+        position = self.global_position(k)
+        record_index = int(self.stream[position])
         epoch = position // self.epoch_len
         flip, spec = random_augmentation(
             self.spec, self.train_min_sizes, self.seed, record_index, epoch
         )
-        inst = decode_record(self.data_source[int(record_index)]).without_crowd()
+        inst = decode_record(self.data_source[record_index]).without_crowd()
         return prepare_example(inst, spec, flip=flip, truncation=self.truncation)
 
 
@@ -316,18 +340,21 @@ def make_train_dataset(
     """
     spec = InputSpec(image_hw, max_instances, mask_size, min_size, max_size)
     index, count = _shard(shard_index, shard_count)
-    per_shard = len(data_source) // count
-    if per_shard == 0:
-        raise ValueError(f"{len(data_source)} records cannot feed {count} shards")
-    # Equal shards (dropping up to count - 1 records) keep hosts in step.
-    records = grain.MapDataset.range(index, per_shard * count, count)
-    records = records.shuffle(seed=seed).repeat(num_epochs)
-    examples = records.map_with_index(
+    if len(data_source) < batch_size * count:
+        raise ValueError(
+            f"{len(data_source)} records cannot fill a global batch of {batch_size} x {count}"
+        )
+    stream = grain.MapDataset.range(len(data_source)).shuffle(seed=seed).repeat(num_epochs)
+    local_len = (len(stream) // (batch_size * count)) * batch_size
+    examples = grain.MapDataset.range(local_len).map(
         _TrainExample(
             data_source,
+            stream,
             spec,
             seed,
-            per_shard,
+            batch_size,
+            count,
+            index,
             truncation or TruncationCounter(),
             train_min_sizes,
         )

@@ -13,6 +13,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from msrcnn import config_lib, inference
 from msrcnn.evaluation import calibration, coco_eval, coco_format
@@ -80,6 +81,25 @@ def evaluate_variables(config, model, variables, data, num_previews: int = 4) ->
             if model.mask_scoring:
                 pairs.add(coco_gt, image_id, detections, rles)
             num_images += 1
+    if jax.process_count() > 1:
+        # Each process ran its shard of the images: pool detections and MaskIoU pairs.
+        from msrcnn.sharding import allgather_json
+
+        parts = allgather_json(
+            {
+                "results": results,
+                "num_images": num_images,
+                "pairs": [a.tolist() for a in pairs.arrays()],
+            }
+        )
+        results = {k: [r for p in parts for r in p["results"][k]] for k in results}
+        num_images = sum(p["num_images"] for p in parts)
+        pairs = calibration.CalibrationPairs()
+        for p in parts:
+            predicted, true, cats = (np.asarray(a) for a in p["pairs"])
+            pairs.predicted.append(predicted)
+            pairs.true.append(true)
+            pairs.category_ids.append(cats)
     table = coco_eval.evaluate(coco_gt, results)
     summary = pairs.summary() if model.mask_scoring else None
     arrays = pairs.arrays()[:2] if model.mask_scoring else None

@@ -261,12 +261,21 @@ def test_shuffle_is_seeded_and_epochs_cover_the_shard(train_source):
     assert sorted(np.concatenate(first).tolist()) == list(
         range(1, 17)
     )  # one epoch = every record once
-    # Two shards: disjoint, equal halves.
-    shards = []
-    for index in range(2):
-        it = _train_iter(train_source, seed=0, shard_index=index, shard_count=2)
-        shards.append({int(i) for _ in range(2) for i in next(it)["image_id"]})
-    assert len(shards[0]) == len(shards[1]) == 8 and not shards[0] & shards[1]
+    # Two hosts of 4 images each see the global batches of one host with 8: host i takes the
+    # i-th half of every global batch, so the hosts are disjoint and together cover an epoch.
+    whole = pipeline.make_train_iterator(
+        train_source, 8, HW, M, S, 0, **RESIZE, shard_index=0, shard_count=1
+    )
+    halves = [_train_iter(train_source, seed=0, shard_index=i, shard_count=2) for i in (0, 1)]
+    seen = [set(), set()]
+    for _ in range(2):
+        expected = next(whole)
+        parts = [next(it) for it in halves]
+        for key in ("image_id", "images", "gt_boxes"):
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), expected[key])
+        for i, p in enumerate(parts):
+            seen[i] |= set(p["image_id"].tolist())
+    assert len(seen[0]) == len(seen[1]) == 8 and not seen[0] & seen[1]
 
 
 def test_flips_are_deterministic_per_record_and_epoch(train_source):
