@@ -113,6 +113,7 @@ def test_predict_video_keeps_frame_count(predictor, tmp_path):
     assert len(frames) == 5 and frames[0].shape == (48, 64, 3)
 
 
+@pytest.mark.slow
 def test_predict_and_inspect_commands(trained, tmp_path):
     root, _, _ = trained
     Image.fromarray(fx.random_image(4, (64, 64))).save(tmp_path / "x.png")

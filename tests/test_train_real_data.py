@@ -66,6 +66,7 @@ def test_num_classes_mismatch_is_explained(tmp_path):
         datasets.load(config)
 
 
+@pytest.mark.slow
 def test_coco_runlocal_cli(tmp_path):
     """`python -m msrcnn.train --config=experiments/coco.py:runlocal` on a generated
     COCO-layout folder: builds coco_instances, trains, evaluates with COCO category ids."""
