@@ -35,6 +35,7 @@ from ml_collections import config_flags
 from msrcnn import config_lib, visualize
 from msrcnn.data.bad_input import BadInputPolicy
 from msrcnn.data.image_io import read_image
+from msrcnn.evaluation.plots import pyplot
 from msrcnn.predict import class_names_of, load_predictor
 
 FLAGS = flags.FLAGS
@@ -52,15 +53,6 @@ def define_flags() -> None:
 
 
 TOP = 50
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 class _Boxes:
@@ -123,7 +115,7 @@ def draw_anchors(config, image: np.ndarray, output_dir: str) -> str:
     """One panel per RPN level: the centre cell's anchors, and a coarse grid of cells."""
     from msrcnn.ops import anchors as anchor_ops
 
-    plt = _pyplot()
+    plt = pyplot()
     hw = image.shape[:2]
     levels = range(2, 2 + len(config.model.anchor_sizes))
     grids = anchor_ops.fpn_grid_sizes(hw, levels)
@@ -236,7 +228,7 @@ def inspect_pipeline(predictor, path: str, output_dir: str) -> str:
             _Boxes(stages["pre_nms_boxes"], stages["pre_nms_classes"], stages["pre_nms_scores"]),
         ),
     ]
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 5, figsize=(20, 4.6), dpi=110)
     anchor_names = ["object"]
     for ax, (title, boxes) in zip(axes[:3], panels, strict=True):
@@ -313,7 +305,7 @@ def inspect_weights(predictor, output_dir: str) -> list[str]:
         )
         if r["name"].endswith("kernel")
     ]
-    plt = _pyplot()
+    plt = pyplot()
     cols = 6
     nrows = math.ceil(len(kernels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3 * cols, 2.2 * nrows), dpi=90, squeeze=False)

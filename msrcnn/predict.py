@@ -112,23 +112,13 @@ def write_image_outputs(stem, image, detections, names, out_dir, threshold, spla
 
 
 def results_entries(image_id: int, detections) -> list[dict]:
-    """COCO results of one image: segm entries scored by mask score, with class_score."""
-    rles = coco_format.encode_masks(detections.masks)
-    boxes = coco_format.xyxy_to_xywh(np.asarray(detections.boxes))
-    out = []
-    for k in range(len(detections)):
-        out.append(
-            {
-                "image_id": int(image_id),
-                "category_id": int(detections.labels[k]),
-                "bbox": [float(v) for v in boxes[k]],
-                "score": float(detections.mask_scores[k]),
-                "class_score": float(detections.scores[k]),
-                "mask_score": float(detections.mask_scores[k]),
-                "segmentation": rles[k],
-            }
-        )
-    return out
+    """COCO results of one image: the mask-scored segm entries of `coco_format.image_results`
+    (score = mask score), with class_score and mask_score alongside and the box."""
+    results = coco_format.image_results(image_id, detections)
+    return [
+        {**segm, "bbox": box["bbox"], "class_score": box["score"], "mask_score": segm["score"]}
+        for segm, box in zip(results[coco_format.SEGM_MS], results[coco_format.BBOX], strict=True)
+    ]
 
 
 def _unique_stem(path: str, used: set[str]) -> str:

@@ -78,40 +78,49 @@ class MetricsWriter:
             self.tb.close()
 
 
+def _track_nonfinite(tracked, step, metrics):
+    """(count, first step, first metrics) updated with one step's metrics; jitted once."""
+    count, first_step, first_metrics = tracked
+    bad = metrics["finite"] < 1.0
+    first = bad & (count == 0)
+    first_metrics = jax.tree.map(
+        lambda old, new: jnp.where(first, new, old), first_metrics, metrics
+    )
+    return count + bad.astype(jnp.int32), jnp.where(first, step, first_step), first_metrics
+
+
 class NonFiniteTracker:
     """Watches every step's `finite` metric without a host sync per step.
 
-    On device it counts non-finite steps and keeps the first one's step and metrics; the host
-    reads them only when it logs or saves. So a NaN at any step is reported with its own step
-    and loss terms, and a checkpoint is never written after one (unless updates are skipped,
-    in which case the parameters never saw it).
+    On device (one small jitted update per step, dispatched asynchronously) it counts
+    non-finite steps and keeps the first one's step and metrics; the host reads them only when
+    it logs or saves. So a NaN at any step is reported with its own step and loss terms, and a
+    checkpoint is never written after one (unless updates are skipped, in which case the
+    parameters never saw it).
     """
 
+    _update = staticmethod(jax.jit(_track_nonfinite))
+
     def __init__(self):
-        self.count = jnp.zeros((), jnp.int32)
-        self.first_step = jnp.zeros((), jnp.int32)
-        self.first_metrics = None
+        self.tracked = None
 
     def update(self, step: int, metrics) -> None:
-        bad = metrics["finite"] < 1.0
-        first = bad & (self.count == 0)
-        if self.first_metrics is None:
-            self.first_metrics = metrics
-        else:
-            self.first_metrics = jax.tree.map(
-                lambda old, new: jnp.where(first, new, old), self.first_metrics, metrics
-            )
-        self.first_step = jnp.where(first, step, self.first_step)
-        self.count = self.count + bad.astype(jnp.int32)
+        if self.tracked is None:
+            zero = jnp.zeros((), jnp.int32)
+            self.tracked = (zero, zero, jax.tree.map(jnp.zeros_like, metrics))
+        self.tracked = self._update(self.tracked, jnp.int32(step), metrics)
 
     def check(self, config, last_saved: int | None) -> int:
         """Raises FloatingPointError (unless skipping is on); returns the count so far."""
-        count = int(self.count)
+        if self.tracked is None:
+            return 0
+        count, first_step, first_metrics = jax.device_get(self.tracked)
+        count = int(count)
         if count and not config.train.skip_nonfinite:
-            metrics = {k: float(v) for k, v in jax.device_get(self.first_metrics).items()}
+            metrics = {k: float(v) for k, v in first_metrics.items()}
             terms = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k != "finite")
             raise FloatingPointError(
-                f"non-finite loss at step {int(self.first_step)}: {terms}. Last good "
+                f"non-finite loss at step {int(first_step)}: {terms}. Last good "
                 f"checkpoint: {'step ' + str(last_saved) if last_saved is not None else 'none'}"
                 " (no checkpoint is written after a non-finite step). Set "
                 "--config.train.skip_nonfinite=True to skip such updates instead."
@@ -123,7 +132,7 @@ class PreemptionFlag:
     """Set by SIGTERM (cluster preemption, `kill`): the loop saves and stops at the next step.
 
     With several processes the flag is agreed among all of them (any one set stops all), so
-    every process saves the same step.
+    every process saves the same step; processes compare flags at logging steps.
     """
 
     def __init__(self):
@@ -147,9 +156,13 @@ class PreemptionFlag:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
-    def stop_now(self) -> bool:
+    def stop_now(self, step: int, every: int) -> bool:
+        """Whether to save and stop after `step`. With several processes the flags are agreed
+        (a collective) only every `every` steps, to keep the loop free of per-step syncs."""
         if jax.process_count() == 1:
             return self.requested
+        if step % every:
+            return False
         from jax.experimental import multihost_utils
 
         flags = multihost_utils.process_allgather(np.asarray(self.requested))
@@ -238,7 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     },
                     refresh=False,
                 )
-            stop = preemption.stop_now()
+            stop = preemption.stop_now(step, config.train.log_every)
             if step % config.train.checkpoint_every == 0 or step == num_steps or stop:
                 nonfinite.check(config, last_saved)  # never save after a non-finite step
                 ckpt.save(step, state, train_iter.get_state())

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from msrcnn import checkpointing
+from tests.trainer_helpers import tiny_train_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 6
@@ -22,17 +22,13 @@ pytestmark = pytest.mark.slow
 
 
 def _command(workdir, data_dir):
-    return [
-        sys.executable,
-        "-m",
-        "msrcnn.train",
-        "--config=experiments/tiny.py",
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={data_dir}",
-        f"--config.train.num_steps={NUM_STEPS}",
+    return tiny_train_command(
+        workdir,
+        data_dir,
+        NUM_STEPS,
         "--config.train.checkpoint_every=1",
         "--config.train.keep_checkpoints=2",
-    ]
+    )
 
 
 def _steps(workdir) -> list[int]:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from msrcnn import checkpointing
+from tests.trainer_helpers import tiny_train_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 3
@@ -26,17 +26,7 @@ def _free_port() -> int:
 
 
 def _command(workdir, data_dir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "msrcnn.train",
-        "--config=experiments/tiny.py",
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={data_dir}",
-        f"--config.train.num_steps={NUM_STEPS}",
-        "--config.train.batch_size=2",
-        *extra,
-    ]
+    return tiny_train_command(workdir, data_dir, NUM_STEPS, "--config.train.batch_size=2", *extra)
 
 
 def _params(workdir):

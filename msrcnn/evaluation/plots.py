@@ -12,7 +12,8 @@ import numpy as np
 from msrcnn.evaluation.calibration import calibration_summary
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,7 +25,7 @@ def _pyplot():
 def calibration_plot(predicted: np.ndarray, true: np.ndarray, path: str, title: str = "") -> None:
     """Scatter of predicted MaskIoU vs the true IoU of each detection's mask with its best
     ground truth, the y = x line, and Pearson r in the title."""
-    plt = _pyplot()
+    plt = pyplot()
     summary = calibration_summary(np.asarray(predicted), np.asarray(true))
     fig, ax = plt.subplots(figsize=(5.2, 5.0), dpi=120)
     n = len(predicted)
@@ -54,7 +55,7 @@ def calibration_plot(predicted: np.ndarray, true: np.ndarray, path: str, title: 
 def pr_curves_plot(curves: dict[str, dict[str, list[float]]], path: str, title: str = "") -> None:
     """Precision-recall at IoU 0.5 and 0.75 (mean over classes), one line per table row
     (e.g. segm ranked by class score vs by mask score)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), dpi=120, sharey=True)
     colours = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]
     for ax, key in zip(axes, ("precision@0.5", "precision@0.75"), strict=True):

@@ -35,7 +35,6 @@ def make_eval_fn(model, config):
 def _preview(batch, index: int, detections, config):
     """The detections drawn on one evaluation image (its network input, resized back to the
     original size), for TensorBoard."""
-    import numpy as np
     from PIL import Image
 
     from msrcnn import visualize

@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from msrcnn.data.tiny_coco import uncompressed_rle
+
 H, W = 48, 64
 CATEGORIES = [{"id": 5, "name": "cat"}, {"id": 17, "name": "dog"}, {"id": 2, "name": "bird"}]
 
@@ -26,20 +28,6 @@ def random_image(seed: int, hw=(H, W)) -> np.ndarray:
 
 def save_jpeg(path, pixels, **kwargs) -> None:
     Image.fromarray(pixels).save(path, format="JPEG", quality=95, **kwargs)
-
-
-def uncompressed_rle(mask: np.ndarray) -> dict:
-    """COCO crowd format: column-major run lengths, starting with zeros."""
-    flat = mask.astype(np.uint8).flatten(order="F")
-    counts, value, run = [], 0, 0
-    for v in flat:
-        if v == value:
-            run += 1
-        else:
-            counts.append(run)
-            value, run = v, 1
-    counts.append(run)
-    return {"size": list(mask.shape), "counts": counts}
 
 
 def coco_dataset(root: str, num_images: int = 4) -> dict:
