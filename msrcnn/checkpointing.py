@@ -6,8 +6,11 @@ Layout: DIR/<step>/{variables, config}; `variables` is the Flax variables pytree
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 
 import jax
 import ml_collections
@@ -65,14 +68,21 @@ def load_variables(directory: str, step: int | None = None):
     return restored["variables"], ml_collections.ConfigDict(restored["config"])
 
 
-def _shape_table(tree) -> dict[str, tuple]:
+def flat_names(tree) -> dict[str, object]:
+    """{'backbone/conv1/kernel': leaf, ...} for every leaf of a nested-dict pytree."""
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in flat}
+    return {"/".join(str(k.key) for k in path): leaf for path, leaf in flat}
 
 
-def check_same_structure(expected, found, what: str) -> None:
-    """Raises ValueError naming every tensor missing, extra or of another shape."""
-    want, have = _shape_table(expected), _shape_table(found)
+def _under(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + "/") for p in prefixes)
+
+
+def check_same_structure(expected, found, what: str, ignore=()) -> None:
+    """Raises ValueError naming every tensor missing, extra or of another shape (tensors under
+    the `ignore` path prefixes excepted)."""
+    want = {k: tuple(v.shape) for k, v in flat_names(expected).items() if not _under(k, ignore)}
+    have = {k: tuple(v.shape) for k, v in flat_names(found).items() if not _under(k, ignore)}
     missing = sorted(set(want) - set(have))
     extra = sorted(set(have) - set(want))
     common = sorted(set(want) & set(have))
@@ -86,16 +96,81 @@ def check_same_structure(expected, found, what: str) -> None:
         raise ValueError(f"{what} does not fit the model:\n" + "\n".join(parts))
 
 
-def load_init_params(directory: str, expected_params):
-    """Parameters for a fresh run from `directory` (e.g. `msrcnn.convert` output).
+# `train.init_reinitialize` shorthand: the layers whose shapes depend on the class count.
+CLASS_LAYERS = (
+    "box_head/cls_score",
+    "box_head/bbox_pred",
+    "mask_head/mask_fcn_logits",
+    "maskiou_head/maskiou",
+)
+
+
+def load_init_params(directory: str, expected_params, fresh_params=None, reinitialize=()):
+    """Parameters for a fresh run from `directory` (`msrcnn.convert` output or another run's
+    checkpoints) -> (params, names of the re-initialised tensors).
 
     Every tensor must be there with the model's shape: a partial or mismatched load is an
-    error that lists the differences, never a silent partial initialisation.
+    error that lists the differences, never a silent partial initialisation. The one way to
+    start some layers afresh (fine-tuning with a new class count, say) is to name them:
+    `reinitialize` holds parameter path prefixes ('box_head/cls_score'; 'classes' for all
+    class-dependent layers) whose tensors come from `fresh_params`, whatever the checkpoint
+    holds there. A prefix that names no parameter is an error (a typo must not quietly load
+    the old layer).
     """
+    prefixes = []
+    for item in reinitialize:
+        prefixes += CLASS_LAYERS if item == "classes" else [str(item).strip("/")]
+    want = flat_names(expected_params)
+    unmatched = [p for p in prefixes if not any(_under(n, [p]) for n in want)]
+    if unmatched:
+        raise ValueError(
+            f"train.init_reinitialize names no model parameter: {unmatched}; parameter paths "
+            f"look like {sorted(want)[:3]}"
+        )
+    if prefixes and fresh_params is None:
+        raise ValueError("re-initialising layers needs the freshly initialised parameters")
     variables, _ = load_variables(directory)
-    params = variables["params"]
-    check_same_structure(expected_params, params, f"init checkpoint {directory!r}")
-    return jax.tree.map(lambda want, x: jax.numpy.asarray(x, want.dtype), expected_params, params)
+    check_same_structure(
+        expected_params, variables["params"], f"init checkpoint {directory!r}", ignore=prefixes
+    )
+    have = flat_names(variables["params"])
+    fresh = flat_names(fresh_params) if prefixes else {}
+    reinitialized = sorted(n for n in want if _under(n, prefixes))
+    leaves = [
+        jax.numpy.asarray(fresh[n] if n in reinitialized else have[n], w.dtype)
+        for n, w in want.items()
+    ]
+    treedef = jax.tree_util.tree_structure(expected_params)
+    return jax.tree_util.tree_unflatten(treedef, leaves), reinitialized
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full); the earlier steps are intact."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return self.args[1]
+
+
+def is_out_of_space(error: BaseException | None) -> bool:
+    """Whether `error` or one of its causes is ENOSPC. Orbax's array writes (tensorstore)
+    report it as a ValueError whose text carries the OS error, not as an OSError."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        text = str(error)
+        if "No space left on device" in text or "os_error_code='28'" in text:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _directory_bytes(path: str) -> int:
+    return sum(
+        os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files
+    )
 
 
 def _iterator_state_to_json(state):
@@ -107,6 +182,51 @@ def _iterator_state_to_json(state):
 
 def _iterator_state_from_json(payload):
     return payload["bytes"].encode("utf-8") if "bytes" in payload else payload["state"]
+
+
+def _dotted(tree, prefix="") -> dict[str, object]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out = {}
+    for key, value in tree.items():
+        out.update(_dotted(value, f"{prefix}.{key}" if prefix else key))
+    return out
+
+
+# Settings that may differ on resume without being told: they decide how to resume, not what.
+_RESUME_SETTINGS = ("train.allow_config_change",)
+
+
+def check_config_drift(stored: dict, config: ml_collections.ConfigDict, where: str) -> list[str]:
+    """Compares a checkpoint's config with the run's; -> the differences ('key: old -> new').
+
+    A different model is always an error naming the fields (orbax would restore what fits
+    and leave the rest silently). Any other difference (data, schedule, steps) is an error
+    too unless `train.allow_config_change` is set: a workdir belongs to one experiment, and a
+    typo in a resumed command must not quietly turn it into another.
+    """
+    old = _dotted(stored)
+    new = _dotted(json.loads(config.to_json()))
+    differing = sorted(
+        k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUME_SETTINGS
+    )
+
+    def describe(keys):
+        return ", ".join(f"{k}: checkpoint {old.get(k)!r} vs config {new.get(k)!r}" for k in keys)
+
+    model = [k for k in differing if k.startswith("model.")]
+    if model:
+        raise ValueError(
+            f"{where} holds checkpoints of a different model ({describe(model)}); use a new "
+            "--workdir or restore the matching config"
+        )
+    if differing and not config.train.get("allow_config_change", False):
+        raise ValueError(
+            f"{where} was written by a different config ({describe(differing)}). Rerun with "
+            "the same settings, use a new --workdir, or pass "
+            "--config.train.allow_config_change=True to resume with the new values."
+        )
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing]
 
 
 class TrainCheckpointer:
@@ -132,45 +252,67 @@ class TrainCheckpointer:
         )
 
     def save(self, step: int, state, iterator_state) -> None:
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                variables=ocp.args.StandardSave(state.variables()),
-                opt_state=ocp.args.StandardSave(state.opt_state),
-                # Every process reads its own shard, so the positions of all are kept.
-                data=ocp.args.JsonSave(
-                    {"per_process": allgather_json(_iterator_state_to_json(iterator_state))}
+        """Starts writing `step` (asynchronously); a failure of the previous write surfaces
+        here or in `close`, as CheckpointWriteError when the disk is full."""
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    variables=ocp.args.StandardSave(state.variables()),
+                    opt_state=ocp.args.StandardSave(state.opt_state),
+                    # Every process reads its own shard, so the positions of all are kept.
+                    data=ocp.args.JsonSave(
+                        {"per_process": allgather_json(_iterator_state_to_json(iterator_state))}
+                    ),
+                    config=ocp.args.JsonSave(json.loads(self.config.to_json())),
                 ),
-                config=ocp.args.JsonSave(json.loads(self.config.to_json())),
-            ),
+            )
+        except Exception as error:  # re-raised, clearer when the disk is full
+            self._write_failed(error)
+
+    def _write_failed(self, error: BaseException):
+        """Re-raises a failed save; out of space: removes the half-written step (which orbax
+        never renamed into place) and says which complete checkpoint remains."""
+        self._closed = True  # `close` must not wait for (and re-raise) the failed write again
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            self.manager.close()
+        if not is_out_of_space(error):
+            raise error
+        directory = str(self.manager.directory)
+        partial = [n for n in os.listdir(directory) if ".orbax-checkpoint-tmp" in n]
+        if jax.process_index() == 0:
+            for name in partial:
+                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        complete = sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+        free_mb = shutil.disk_usage(directory).free / 2**20
+        size_mb = (
+            _directory_bytes(os.path.join(directory, str(complete[-1]))) / 2**20 if complete else 0
         )
+        raise CheckpointWriteError(
+            f"no space left on device while writing a checkpoint to {directory} (half-written "
+            f"step(s) removed: {', '.join(n.split('.')[0] for n in partial) or 'none'}). "
+            + (
+                f"The last complete checkpoint, step {complete[-1]}, is intact; "
+                if complete
+                else "There is no complete checkpoint yet; "
+            )
+            + f"a checkpoint takes about {size_mb:.1f} MB and {free_mb:.1f} MB are free. Free "
+            "space (or lower train.keep_checkpoints) and rerun the same command to resume."
+        ) from error
 
     def restore_latest(self, target_state):
         """-> (state, iterator_state) from the latest step, or None if there is none.
 
-        Raises ValueError if the stored model config differs from the current one: orbax
-        would otherwise restore what fits and leave the rest silently.
+        Raises ValueError if the stored config differs from the current one (see
+        `check_config_drift`); `self.changed_settings` lists the accepted differences.
         """
         step = self.manager.latest_step()
         if step is None:
             return None
         stored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-        stored_model = stored["config"].get("model", {})
-        current_model = json.loads(self.config.model.to_json())
-        differing = sorted(
-            k
-            for k in set(stored_model) | set(current_model)
-            if stored_model.get(k) != current_model.get(k)
+        self.changed_settings = check_config_drift(
+            stored["config"], self.config, f"{self.manager.directory} (step {step})"
         )
-        if differing:
-            details = ", ".join(
-                f"{k}: checkpoint {stored_model.get(k)!r} vs config {current_model.get(k)!r}"
-                for k in differing
-            )
-            raise ValueError(
-                f"{self.manager.directory} holds checkpoints of a different model ({details}); "
-                "use a new --workdir or restore the matching config"
-            )
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(
@@ -202,6 +344,9 @@ class TrainCheckpointer:
         """Waits for pending saves and closes; calling it again does nothing."""
         if getattr(self, "_closed", False):
             return
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:  # re-raised by _write_failed
+            self._write_failed(error)
         self._closed = True
-        self.manager.wait_until_finished()
         self.manager.close()

@@ -142,6 +142,13 @@ def base_config() -> ml_collections.ConfigDict:
             # A variables checkpoint (e.g. `msrcnn.convert` of an ImageNet ResNet) to start
             # from when the workdir has no checkpoint; it must fit the model exactly.
             "init_checkpoint": "",
+            # Parameter path prefixes ('classes' = every class-dependent layer) that start
+            # from fresh initialisation instead of init_checkpoint, e.g. to fine-tune with a
+            # new class count; the run prints what it re-initialised.
+            "init_reinitialize": (),
+            # Resume a workdir whose checkpoints were written with other settings (the model
+            # must still match); without it such a resume is refused.
+            "allow_config_change": False,
             "log_every": 20,
             "checkpoint_every": 1000,
             "eval_every": 0,

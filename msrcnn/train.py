@@ -7,10 +7,13 @@ text after ':' (e.g. `--config=experiments/shapes.py:plain`).
 
 from __future__ import annotations
 
+import os
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from msrcnn import trainer
+from msrcnn import checkpointing, trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file", lock_config=True
@@ -58,7 +61,15 @@ def main(argv) -> None:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
     if _DISTRIBUTED.value or _COORDINATOR.value:
         initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    trainer.train_and_evaluate(config, _WORKDIR.value)
+    try:
+        trainer.train_and_evaluate(config, _WORKDIR.value)
+    except checkpointing.CheckpointWriteError as error:
+        # Orbax's writer threads die noisily at interpreter shutdown after a failed write
+        # (thousands of lines of "Event loop is closed"); end here so that the message is
+        # the last thing printed. The complete checkpoints are on disk already.
+        print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
 
 
 if __name__ == "__main__":

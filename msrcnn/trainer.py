@@ -198,12 +198,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state, iterator_state = restored
         train_iter.set_state(iterator_state)
         print(f"resumed from step {int(state.step)} in {workdir}")
+        for change in ckpt.changed_settings:
+            print(f"  with a changed setting (allow_config_change): {change}")
     last_saved = int(state.step) if restored is not None else None
     if restored is None and config.train.init_checkpoint:
-        params = checkpointing.load_init_params(config.train.init_checkpoint, state.params)
+        params, reinitialized = checkpointing.load_init_params(
+            config.train.init_checkpoint,
+            state.params,
+            fresh_params=state.params,
+            reinitialize=config.train.init_reinitialize,
+        )
         params = jax.device_put(params, jax.tree.map(lambda x: x.sharding, state.params))
         state = state.replace(params=params, opt_state=optimizer.init(params))
         print(f"initialised parameters from {config.train.init_checkpoint}")
+        if reinitialized:
+            print(f"  re-initialised (train.init_reinitialize), {len(reinitialized)} tensors:")
+            print("\n".join(f"    {name}" for name in reinitialized))
 
     repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     state_sh = jax.tree.map(lambda _: repl, state)

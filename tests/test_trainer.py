@@ -173,7 +173,7 @@ def test_resume_matches_uninterrupted_run(two_steps, tmp_path, no_eval, monkeypa
     monkeypatch.setattr(sharding, "global_batch", recording_global_batch)
     resumed = tmp_path / "resumed"
     shutil.copytree(workdir, resumed)
-    config = tiny_config(config.data.data_dir, num_steps=3)
+    config = tiny_config(config.data.data_dir, num_steps=3, allow_config_change=True)
     result = trainer.train_and_evaluate(config, str(resumed))
     assert "resumed from step 2" in capsys.readouterr().out
     assert result["step"] == 3
@@ -336,7 +336,7 @@ def test_nonfinite_loss_raises_with_step_and_terms(two_steps, tmp_path, no_eval,
         return _poison(state), iterator_state
 
     monkeypatch.setattr(checkpointing.TrainCheckpointer, "restore_latest", poisoned_restore)
-    config = tiny_config(config.data.data_dir, num_steps=3)
+    config = tiny_config(config.data.data_dir, num_steps=3, allow_config_change=True)
     with pytest.raises(FloatingPointError) as info:
         trainer.train_and_evaluate(config, str(resumed))
     message = str(info.value)
@@ -385,6 +385,33 @@ def test_restore_into_different_model_names_fields(two_steps):
     ]
 
 
+def test_init_checkpoint_with_named_reinitialisation(two_steps, tmp_path, no_eval, capsys):
+    """A run initialised from another run's checkpoints, the class layers named for fresh
+    initialisation: the run lists them; every other tensor starts as the checkpoint's."""
+    workdir, config, _ = two_steps
+    config = tiny_config(
+        config.data.data_dir,
+        num_steps=1,
+        init_checkpoint=str(workdir / "checkpoints"),
+        init_reinitialize=("classes",),
+        learning_rate=0.0,
+        warmup_factor=0.0,
+    )
+    trainer.train_and_evaluate(config, str(tmp_path / "finetune"))
+    out = capsys.readouterr().out
+    assert f"initialised parameters from {workdir / 'checkpoints'}" in out
+    assert "re-initialised (train.init_reinitialize), 8 tensors:" in out
+    assert "    box_head/cls_score/kernel\n" in out and "maskiou_head/maskiou/bias" in out
+    source, _ = checkpointing.load_variables(str(workdir / "checkpoints"))
+    started, _ = checkpointing.load_variables(str(tmp_path / "finetune" / "checkpoints"))
+    source = checkpointing.flat_names(source["params"])
+    started = checkpointing.flat_names(started["params"])
+    assert started.keys() == source.keys()
+    for name, value in source.items():  # a zero learning rate: the step changes nothing
+        same = np.array_equal(started[name], value)
+        assert same != (name.rsplit("/", 1)[0] in checkpointing.CLASS_LAYERS), name
+
+
 def test_cli_reports_bad_config_and_unknown_override(tmp_path):
     """Both fail before any training work (no workdir is created): the unknown key while
     absl parses the flags, the missing file at the first access to the config. The two
@@ -393,7 +420,7 @@ def test_cli_reports_bad_config_and_unknown_override(tmp_path):
     missing, tiny = tmp_path / "no_such_config.py", REPO / "experiments" / "tiny.py"
     runs = {
         "missing": [*base, f"--config={missing}"],
-        "unknown": [*base, f"--config={tiny}", "--config.train.not_a_key=1"],
+        "unknown": [*base, f"--config={tiny}", "--config.train.num_step=1"],
     }
     procs = {
         name: subprocess.Popen(
@@ -410,6 +437,7 @@ def test_cli_reports_bad_config_and_unknown_override(tmp_path):
 
     assert procs["unknown"].returncode != 0
     stderr = outputs["unknown"][1]
-    assert "AttributeError" in stderr and "not_a_key" in stderr, stderr[-3000:]
+    assert "AttributeError" in stderr, stderr[-3000:]
+    assert 'Did you mean "num_steps" instead of "num_step"?' in stderr, stderr[-3000:]
 
     assert not (tmp_path / "workdir").exists()
