@@ -1,15 +1,17 @@
-"""Per-image inference latency of R50-FPN Mask (Scoring) R-CNN, beside torchvision's.
+"""Inference time of R50-FPN Mask (Scoring) R-CNN, msrcnn or torchvision (one per call).
 
-    python -m benchmarks.inference [--quick] [--size=800x1216] [--batch=1] [--dtype=float32]
-                                   [--output=bench_out/inference.json]
+    python -m benchmarks.inference [--framework=msrcnn|torchvision] [--size=800x800]
+        [--batch=1] [--dtype=float32|bfloat16] [--plain] [--runs=5]
+        [--output=bench_out/inference.json]
 
 Both models carry the same weights: a seeded torchvision state dict (tests/seeded_weights.py)
 loaded into torchvision's maskrcnn_resnet50_fpn and converted with msrcnn.convert, so both
-find the same detections and do the same post-processing work. torchvision runs when it is
-importable (CPU: as many threads as JAX uses). msrcnn is timed twice: the jitted detector
-alone (normalised, padded input -> 100 padded detections with 28x28 masks) and the whole
-Predictor call (resize, normalise, detect, paste masks into the image). MaskIoU head on
-(mask scoring) costs one more head; --plain times plain Mask R-CNN.
+find the same detections and do the same post-processing work. torchvision uses all cores
+(CPU) or the GPU with bf16 autocast when --dtype=bfloat16. msrcnn is timed twice: the jitted
+detector alone (normalised, padded input -> 100 padded detections with 28x28 masks) and the
+whole call (resize, normalise, detect, paste masks into each image), the counterpart of
+torchvision's `model(images)`. The MaskIoU head (mask scoring) costs one more head; --plain
+times plain Mask R-CNN, torchvision's architecture.
 """
 
 from __future__ import annotations
@@ -26,7 +28,17 @@ from benchmarks import timing
 from msrcnn import convert, predictor
 from tests import seeded_weights
 
-COLUMNS = ["model", "size", "batch", "dtype", "median_ms", "images_per_s", "compile_s", "note"]
+COLUMNS = [
+    "framework",
+    "model",
+    "size",
+    "batch",
+    "dtype",
+    "median_ms",
+    "images_per_s",
+    "compile_s",
+    "note",
+]
 
 
 def test_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -50,61 +62,105 @@ def msrcnn_predictor(state, size_hw, dtype: str, mask_scoring: bool) -> predicto
     return predictor.Predictor(config, jax.device_put(variables))
 
 
-def run(args) -> list[dict]:
+def predict_batch(pred: predictor.Predictor, images: list[np.ndarray]) -> list:
+    """The whole call for a batch of same-sized images: resize + normalise each, one jitted
+    detector call, then boxes to original pixels and masks pasted per image (what
+    torchvision's `model(images)` does in eval mode)."""
+    prepared = [predictor.preprocess(image, pred.config.data) for image in images]
+    batch = jnp.asarray(np.concatenate([b for b, _ in prepared]))
+    image_hw = np.asarray([hw for _, hw in prepared])
+    outputs = jax.device_get(pred._detect(pred.variables, batch, image_hw))
+    threshold = float(pred.config.inference.mask_threshold)
+    return [
+        predictor.outputs_to_detections(
+            {k: v[i] for k, v in outputs.items()},
+            image_hw[i],
+            image.shape[:2],
+            pred.category_ids,
+            mask_threshold=threshold,
+        )
+        for i, image in enumerate(images)
+    ]
+
+
+def time_msrcnn(args, images, state) -> list[dict]:
+    height, width = images[0].shape[:2]
+    pred = msrcnn_predictor(state, (height, width), args.dtype, not args.plain)
+    name = "MS R-CNN" if not args.plain else "Mask R-CNN"
+    detect = pred._detect
+    batch, out_hw = predictor.preprocess(images[0], pred.config.data)
+    padded = jnp.asarray(np.repeat(batch, len(images), axis=0))
+    image_hw = np.asarray([out_hw] * len(images))
+    rows = []
+    t = timing.time_fn(lambda: detect(pred.variables, padded, image_hw), runs=args.runs)
+    rows.append(
+        dict(
+            framework="msrcnn",
+            model=name,
+            note="detector only: padded input -> detections, 28x28 masks",
+            **_row(t, args),
+        )
+    )
+    t = timing.time_fn(functools.partial(predict_batch, pred, images), runs=args.runs)
+    found = sum(len(d) for d in predict_batch(pred, images))
+    rows.append(
+        dict(
+            framework="msrcnn",
+            model=name,
+            note=f"whole call: resize, detect, paste; {found} detections",
+            **_row(t, args),
+        )
+    )
+    rows[-1]["traces"] = detect._cache_size()  # compiled variants of the jitted detector
+    return rows
+
+
+def time_torchvision(args, images, state) -> list[dict]:
+    import torch
+    import torchvision
+
+    height, width = images[0].shape[:2]
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    model = torchvision.models.detection.maskrcnn_resnet50_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=91,
+        min_size=min(height, width),
+        max_size=max(height, width),
+    )
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    model.eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    inputs = [torch.from_numpy(im).permute(2, 0, 1).float().div(255).to(device) for im in images]
+    amp = args.dtype == "bfloat16" and device == "cuda"
+
+    def torch_call():
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+            out = model(inputs)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    t = timing.time_fn(torch_call, runs=args.runs, sync=lambda x: x)
+    found = sum(len(o["scores"]) for o in torch_call())
+    row = dict(
+        framework="torchvision",
+        model="Mask R-CNN",
+        note=f"model(images), {found} detections",
+        **_row(t, args, dtype="bfloat16 (AMP)" if amp else "float32"),
+    )
+    row["compile_s"] = None
+    return [row]
+
+
+def measure(args) -> list[dict]:
     height, width = (int(v) for v in args.size.split("x"))
-    runs = 3 if args.quick else 7
     state = seeded_weights.state_dict()
     images = [test_image(height, width, seed=i) for i in range(args.batch)]
-    rows = []
-
-    pred = msrcnn_predictor(state, (height, width), args.dtype, not args.plain)
-    batch, out_hw = predictor.preprocess(images[0], pred.config.data)
-    batch = jnp.asarray(np.repeat(batch, args.batch, axis=0))
-    image_hw = np.asarray([out_hw] * args.batch)
-    detect = functools.partial(pred._detect, pred.variables, batch, image_hw)
-    name = "msrcnn MS R-CNN" if not args.plain else "msrcnn Mask R-CNN"
-    t = timing.time_fn(detect, runs=runs)
-    rows.append(
-        dict(model=name, note="detector (padded input -> detections, 28x28 masks)", **_row(t, args))
-    )
-    if args.batch == 1:
-        t = timing.time_fn(functools.partial(pred, images[0]), runs=runs)
-        rows.append(dict(model=name, note="Predictor: resize + detect + paste", **_row(t, args)))
-        num = len(pred(images[0]))
-        rows[-1]["note"] += f", {num} detections"
-
-    try:
-        import torch
-        import torchvision
-    except Exception:  # no torchvision column without a working torch
-        torch = None
-    if torch is not None:
-        torch.set_num_threads(os.cpu_count() or 1)
-        model = torchvision.models.detection.maskrcnn_resnet50_fpn(
-            weights=None,
-            weights_backbone=None,
-            num_classes=91,
-            min_size=min(height, width),
-            max_size=max(height, width),
-        )
-        model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
-        model.eval()
-        inputs = [torch.from_numpy(im).permute(2, 0, 1).float() / 255 for im in images]
-
-        def torch_call():
-            with torch.no_grad():
-                return model(inputs)
-
-        t = timing.time_fn(torch_call, runs=runs, sync=lambda x: x)
-        num = len(torch_call()[0]["scores"])
-        row = dict(model="torchvision Mask R-CNN", note=f"model(images), {num} detections")
-        row.update(_row(t, args, dtype="float32"))
-        row["compile_s"] = None
-        rows.append(row)
-        ours = rows[-2] if args.batch == 1 else rows[0]
-        ratio = ours["median_ms"] / row["median_ms"]
-        print(f"msrcnn / torchvision time ratio (whole call): {ratio:.3f}")
-    return rows
+    if args.framework == "torchvision":
+        return time_torchvision(args, images, state)
+    return time_msrcnn(args, images, state)
 
 
 def _row(t: timing.Timing, args, dtype: str | None = None) -> dict:
@@ -120,14 +176,16 @@ def _row(t: timing.Timing, args, dtype: str | None = None) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer timed runs")
-    parser.add_argument("--size", default="800x1216", help="HxW of the input images")
+    parser.add_argument("--framework", default="msrcnn", choices=["msrcnn", "torchvision"])
+    parser.add_argument("--runs", type=int, default=5, help="timed runs (median reported)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument("--size", default="800x800", help="HxW of the input images")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--plain", action="store_true", help="plain Mask R-CNN (no MaskIoU)")
     parser.add_argument("--output", default="bench_out/inference.json")
     args = parser.parse_args(argv)
-    rows = run(args)
+    rows = measure(args)
     env = timing.environment()
     print("\n" + timing.format_table(rows, COLUMNS))
     print("\n" + ", ".join(f"{k}={v}" for k, v in env.items()))

@@ -182,9 +182,12 @@ def detect(model: MaskScoringRCNN, variables, images, image_hw, cfg: InferenceCo
     )
 
     mask_features = pool_rois(pyramid, boxes, 14, cfg)  # [B * D, 14, 14, C]
-    mask_logits = model.apply(variables, mask_features, method=MaskScoringRCNN.mask)
+    # Only each detection's class mask is needed: the head computes just that channel.
     class_column = jnp.maximum(labels.reshape(-1) - 1, 0)
-    mask_probs = jax.nn.sigmoid(select_class(mask_logits, class_column))  # [B * D, 28, 28]
+    mask_logits = model.apply(
+        variables, mask_features, class_column + 1, method=MaskScoringRCNN.mask
+    )
+    mask_probs = jax.nn.sigmoid(mask_logits)  # [B * D, 28, 28]
     if model.mask_scoring:
         maskiou = model.apply(variables, mask_features, mask_probs, method=MaskScoringRCNN.maskiou)
         maskiou = select_class(maskiou, class_column).reshape(labels.shape)

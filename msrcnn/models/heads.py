@@ -46,8 +46,10 @@ class Upsample2x(nn.Module):
     kernel_init: Any = _RELU_FAN_OUT
 
     @nn.compact
-    def __call__(self, x):
-        """[N, H, W, C] -> [N, 2H, 2W, features]."""
+    def __call__(self, x, shuffle: bool = True):
+        """[N, H, W, C] -> [N, 2H, 2W, features]; shuffle=False: [N, H, W, 2, 2, features]
+        with [n, i, j, a, b] the output pixel (2i + a, 2j + b), i.e. before depth-to-space
+        (pointwise layers after it can run in that layout and skip moving every channel)."""
         in_ch = x.shape[-1]
         kernel = self.param("kernel", self.kernel_init, (2, 2, in_ch, self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
@@ -55,8 +57,45 @@ class Upsample2x(nn.Module):
         # [C, a, b, out] so one matmul gives every output offset of a pixel at once.
         flat_kernel = kernel.transpose(2, 0, 1, 3).reshape(in_ch, 4 * self.features)
         y = jnp.dot(x.astype(self.dtype), flat_kernel.astype(self.dtype))  # [N, H, W, 4*out]
-        y = y.reshape(n, h, w, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
-        return y.reshape(n, 2 * h, 2 * w, self.features) + bias.astype(self.dtype)
+        y = y.reshape(n, h, w, 2, 2, self.features) + bias.astype(self.dtype)
+        return depth_to_space2x(y) if shuffle else y
+
+
+def depth_to_space2x(y):
+    """[N, H, W, 2, 2, ...] -> [N, 2H, 2W, ...] (see Upsample2x)."""
+    n, h, w = y.shape[:3]
+    y = jnp.moveaxis(y, 3, 2)  # [N, H, 2, W, 2, ...]
+    return y.reshape(n, 2 * h, 2 * w, *y.shape[5:])
+
+
+class ClassLogits(nn.Module):
+    """The mask head's 1x1 conv to K class logits, or to each RoI's own class only.
+
+    Parameters as nn.Conv(K, (1, 1)): kernel [1, 1, C, K], bias [K]. Training needs only the
+    target class's logits of each RoI (the loss reads no other channel), so `classes` selects
+    one kernel column per RoI: the same values at 1/K of the work, and the other columns'
+    gradients are zero as before.
+    """
+
+    num_classes: int
+    dtype: Any = jnp.float32
+    kernel_init: Any = nn.initializers.normal(0.001)
+
+    @nn.compact
+    def __call__(self, x, classes=None):
+        """[R, ..., C] -> [R, ..., K]; with classes [R] (1..K): [R, ...] logits of each RoI's
+        class (class 0, padding, reads channel 0)."""
+        in_ch = x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (1, 1, in_ch, self.num_classes))
+        bias = self.param("bias", nn.initializers.zeros, (self.num_classes,))
+        kernel, bias = kernel[0, 0].astype(self.dtype), bias.astype(self.dtype)
+        x = x.astype(self.dtype)
+        if classes is None:
+            return jnp.dot(x, kernel) + bias
+        column = jnp.clip(jnp.asarray(classes, jnp.int32) - 1, 0, self.num_classes - 1)
+        weights = kernel.T[column]  # [R, C]
+        out = jnp.einsum("r...c,rc->r...", x, weights)
+        return out + bias[column].reshape((-1,) + (1,) * (out.ndim - 1))
 
 
 class RPNHead(nn.Module):
@@ -145,21 +184,17 @@ class MaskHead(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, roi_features):
-        """[R, 14, 14, C] -> mask logits [R, 28, 28, K]."""
+    def __call__(self, roi_features, classes=None):
+        """[R, 14, 14, C] -> mask logits [R, 28, 28, K]; with classes [R] (1..K), only each
+        RoI's class: [R, 28, 28] (what training reads, at a fraction of the work)."""
         x = roi_features
         for i in range(self.num_convs):
             x = nn.relu(_conv3x3(self.channels, f"mask_fcn{i + 1}", self.dtype)(x))
-        x = Upsample2x(self.channels, dtype=self.dtype, name="conv5_mask")(x)
-        x = nn.relu(x)
-        logits = nn.Conv(
-            self.num_classes,
-            (1, 1),
-            dtype=self.dtype,
-            kernel_init=nn.initializers.normal(0.001),
-            name="mask_fcn_logits",
-        )(x)
-        return logits.astype(jnp.float32)
+        # The upsampling's depth-to-space moves every channel; the 1x1 logits conv and the
+        # ReLU are per pixel, so they run before it and only the logits are moved.
+        x = nn.relu(Upsample2x(self.channels, dtype=self.dtype, name="conv5_mask")(x, False))
+        logits = ClassLogits(self.num_classes, dtype=self.dtype, name="mask_fcn_logits")(x, classes)
+        return depth_to_space2x(logits).astype(jnp.float32)
 
 
 class MaskIoUHead(nn.Module):

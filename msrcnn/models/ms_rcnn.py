@@ -94,9 +94,9 @@ class MaskScoringRCNN(nn.Module):
         """[R, 7, 7, C] -> (class logits [R, K+1], class-specific deltas [R, K+1, 4])."""
         return self.box_head(box_features)
 
-    def mask(self, mask_features):
-        """[R, 14, 14, C] -> mask logits [R, 28, 28, K]."""
-        return self.mask_head(mask_features)
+    def mask(self, mask_features, classes=None):
+        """[R, 14, 14, C] -> mask logits [R, 28, 28, K], or [R, 28, 28] of `classes` [R]."""
+        return self.mask_head(mask_features, classes)
 
     def maskiou(self, mask_features, mask_probs):
         """[R, 14, 14, C], [R, 28, 28] soft masks of the chosen class -> MaskIoU [R, K]."""
