@@ -124,3 +124,40 @@ def test_heads_output_float32_under_bfloat16():
     out = model.apply(variables, jnp.zeros((1, 64, 64, 3)))
     assert out["box"][0].dtype == jnp.float32 and out["mask"].dtype == jnp.float32
     assert out["maskiou"].dtype == jnp.float32
+
+
+def test_mask_head_class_selection_equals_the_full_logits_channel():
+    """MaskHead(x, classes) is channel c - 1 of MaskHead(x) (class 0, padding, reads channel 0),
+    in value and in the gradients of a loss on those channels."""
+    from msrcnn.models.heads import MaskHead
+
+    head = MaskHead(num_classes=5, channels=8, num_convs=2)
+    x = jax.random.normal(jax.random.key(0), (6, 14, 14, 8))
+    classes = jnp.array([1, 5, 3, 0, 2, 5])
+    params = head.init(jax.random.key(1), x)
+    # Non-zero biases and a larger logits kernel so every channel differs.
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(2), p.shape), params)
+    full = head.apply(params, x)
+    assert full.shape == (6, 28, 28, 5)
+    picked = jnp.take_along_axis(full, jnp.maximum(classes - 1, 0)[:, None, None, None], -1)[..., 0]
+    selected = head.apply(params, x, classes)
+    assert selected.shape == (6, 28, 28)
+    np.testing.assert_allclose(selected, picked, rtol=1e-5, atol=1e-5)
+
+    target = jax.random.uniform(jax.random.key(3), (6, 28, 28))
+
+    def loss_full(p):
+        logits = jnp.take_along_axis(
+            head.apply(p, x), jnp.maximum(classes - 1, 0)[:, None, None, None], -1
+        )[..., 0]
+        return jnp.sum((logits - target) ** 2)
+
+    def loss_selected(p):
+        return jnp.sum((head.apply(p, x, classes) - target) ** 2)
+
+    for a, b in zip(
+        jax.tree.leaves(jax.grad(loss_full)(params)),
+        jax.tree.leaves(jax.grad(loss_selected)(params)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
