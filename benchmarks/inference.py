@@ -114,6 +114,7 @@ def time_msrcnn(args, images, state) -> list[dict]:
     rows[-1]["traces"] = detect._cache_size()  # compiled variants of the jitted detector
     # The detector compiled during the first timing; the whole call adds the paste's compile.
     rows[-1]["compile_s"] += rows[0]["compile_s"]
+    rows[-1]["peak_device_gib"] = timing.jax_device_peak_gib()
     return rows
 
 
@@ -132,7 +133,7 @@ def time_torchvision(args, images, state) -> list[dict]:
     )
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
     model.eval()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = timing.torch_device()
     model.to(device)
     inputs = [torch.from_numpy(im).permute(2, 0, 1).float().div(255).to(device) for im in images]
     amp = args.dtype == "bfloat16" and device == "cuda"
@@ -153,6 +154,7 @@ def time_torchvision(args, images, state) -> list[dict]:
         **_row(t, args, dtype="bfloat16 (AMP)" if amp else "float32"),
     )
     row["compile_s"] = None
+    row["peak_device_gib"] = timing.torch_device_peak_gib()
     return [row]
 
 
@@ -188,12 +190,7 @@ def main(argv=None) -> None:
     parser.add_argument("--plain", action="store_true", help="plain Mask R-CNN (no MaskIoU)")
     parser.add_argument("--output", default="bench_out/inference.json")
     args = parser.parse_args(argv)
-    rows = measure(args)
-    env = timing.environment()
-    print("\n" + timing.format_table(rows, COLUMNS))
-    print("\n" + ", ".join(f"{k}={v}" for k, v in env.items()))
-    timing.write_json(args.output, {"environment": env, "args": vars(args), "results": rows})
-    print(f"wrote {args.output}")
+    timing.report(measure(args), COLUMNS, args.output, args)
 
 
 if __name__ == "__main__":

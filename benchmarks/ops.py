@@ -264,12 +264,7 @@ def main(argv=None) -> None:
     if bench.torch is not None:
         # XLA's CPU client uses every core; give torch the same.
         bench.torch.set_num_threads(os.cpu_count() or 1)
-    rows = bench.run()
-    env = timing.environment()
-    print("\n" + timing.format_table(rows, COLUMNS))
-    print("\n" + ", ".join(f"{k}={v}" for k, v in env.items()))
-    timing.write_json(args.output, {"environment": env, "results": rows})
-    print(f"wrote {args.output}")
+    timing.report(bench.run(), COLUMNS, args.output, args)
 
 
 if __name__ == "__main__":

@@ -90,8 +90,9 @@ def run_case(mode: str, size: str, batch: int, framework: str, extra: list[str],
             rows = json.load(f)["results"]
     for row in rows:
         row["mode"] = mode
-        # ru_maxrss is in KiB on Linux; on GPU the device's own peak (set by the child) wins.
-        row.setdefault("peak_mem_gib", row.get("peak_device_gib") or usage.ru_maxrss / 2**20)
+        # On a GPU the device's own peak (set by the child); on CPU the child's peak RSS
+        # (ru_maxrss is in KiB on Linux).
+        row["peak_mem_gib"] = row.get("peak_device_gib") or usage.ru_maxrss / 2**20
     return rows
 
 
@@ -149,12 +150,8 @@ def main(argv=None) -> None:
                     flush=True,
                 )
     rows = with_ratios(rows)
-    env = timing.environment()
     shown = [r for r in rows if "detector only" not in r.get("note", "")]
-    print("\n" + timing.format_table(shown, COLUMNS))
-    print("\n" + ", ".join(f"{k}={v}" for k, v in env.items()))
-    timing.write_json(args.output, {"environment": env, "args": vars(args), "results": rows})
-    print(f"wrote {args.output}")
+    timing.report(rows, COLUMNS, args.output, args, shown=shown)
 
 
 if __name__ == "__main__":

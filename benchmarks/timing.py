@@ -79,10 +79,44 @@ def environment() -> dict[str, Any]:
     return env
 
 
+def jax_device_peak_gib() -> float | None:
+    """Peak bytes in use on JAX's first device (GPU / TPU); None on CPU, where the process's
+    peak RSS (which `benchmarks.run` reads per case) is the measure."""
+    if jax.default_backend() == "cpu":
+        return None
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use", 0) / 2**30
+
+
+def torch_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_device_peak_gib() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
 def write_json(path: str, payload: dict[str, Any]) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
+
+
+def report(rows: list[dict[str, Any]], columns: list[str], output: str, args=None, shown=None):
+    """Prints the table (of `shown`, default all rows) and the environment, and writes the
+    JSON file {environment, args, results} that every benchmark script produces."""
+    env = environment()
+    print("\n" + format_table(rows if shown is None else shown, columns))
+    print("\n" + ", ".join(f"{k}={v}" for k, v in env.items()))
+    payload = {"environment": env, "results": rows}
+    if args is not None:
+        payload["args"] = vars(args)
+    write_json(output, payload)
+    print(f"wrote {output}")
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import ast
 import os
-import resource
 import time
 
 import numpy as np
@@ -77,11 +76,8 @@ def msrcnn_config(height: int, width: int, batch: int, dtype: str, mask_scoring:
 
 
 def msrcnn_batch(height, width, batch, objects, max_instances, mask_size):
-    images = np.stack(
-        [_image(height, width, seed=i) for i in range(batch)]
-    )  # same pixels as torchvision's
     out = {
-        "images": images,
+        "images": np.stack([_image(height, width, seed=i) for i in range(batch)]),
         "image_hw": np.array([[height, width]] * batch, np.int32),
         "gt_boxes": np.zeros((batch, max_instances, 4), np.float32),
         "gt_classes": np.zeros((batch, max_instances), np.int32),
@@ -115,7 +111,7 @@ def time_msrcnn(args, height, width) -> dict:
     from msrcnn.train_state import TrainState
 
     config = msrcnn_config(height, width, args.batch, args.dtype, not args.plain)
-    for item in args.set:  # e.g. train.mask_slot_buckets=1, to measure one change
+    for item in args.set:  # e.g. train.mask_rois_per_image=48, to measure one change
         key, value = item.split("=", 1)
         section, name = key.split(".")
         config[section][name] = type(config[section][name])(ast.literal_eval(value))
@@ -149,9 +145,9 @@ def time_msrcnn(args, height, width) -> dict:
         "model": "Mask R-CNN" if args.plain else "MS R-CNN",
         "traces": len(traces),
         "loss": float(metrics["loss"]),
-        **_row(result, args),
+        **_row(result, args, args.dtype),
+        "peak_device_gib": timing.jax_device_peak_gib(),
     }
-    row.update(_memory(jax))
     return row
 
 
@@ -171,32 +167,37 @@ def time_torchvision(args, height, width) -> dict:
     import torch
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    device = timing.torch_device()
     model = torchvision_model(height, width)
     state = seeded_weights.state_dict()
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
-    model.train()
+    model.to(device).train()
+    amp = args.dtype == "bfloat16" and device == "cuda"
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=LEARNING_RATE, momentum=0.9, weight_decay=1e-4)
     images, targets = [], []
     for i in range(args.batch):
         image = _image(height, width, seed=i)
-        images.append(torch.from_numpy(image).permute(2, 0, 1).float() / 255)
+        images.append(torch.from_numpy(image).permute(2, 0, 1).float().div(255).to(device))
         boxes, labels = synthetic_objects(height, width, args.objects, seed=i)
         masks = np.stack([ellipse(height, width, b) for b in boxes])
         targets.append(
             {
-                "boxes": torch.from_numpy(boxes),
-                "labels": torch.from_numpy(labels),
-                "masks": torch.from_numpy(masks),
+                "boxes": torch.from_numpy(boxes).to(device),
+                "labels": torch.from_numpy(labels).to(device),
+                "masks": torch.from_numpy(masks).to(device),
             }
         )
 
     def call():
-        losses = model(images, targets)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+            losses = model(images, targets)
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
         return loss
 
     result = timing.time_fn(call, runs=args.runs, warmup=2, sync=lambda x: x)
@@ -204,25 +205,18 @@ def time_torchvision(args, height, width) -> dict:
         "framework": "torchvision",
         "model": "Mask R-CNN",
         "loss": float(call()),
-        **_row(result, args),
+        **_row(result, args, "bfloat16 (AMP)" if amp else "float32"),
     }
     row["compile_s"] = None
-    row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    row["peak_device_gib"] = timing.torch_device_peak_gib()
     return row
 
 
-def _memory(jax) -> dict:
-    stats = jax.local_devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
-    if stats:
-        return {"peak_device_gib": stats.get("peak_bytes_in_use", 0) / 2**30}
-    return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
-
-
-def _row(result: timing.Timing, args) -> dict:
+def _row(result: timing.Timing, args, dtype: str) -> dict:
     return {
         "size": args.size,
         "batch": args.batch,
-        "dtype": args.dtype if args.framework == "msrcnn" else "float32",
+        "dtype": dtype,
         "median_ms": result.median_s * 1e3,
         "min_ms": result.min_s * 1e3,
         "images_per_s": args.batch / result.median_s,
@@ -259,11 +253,7 @@ def measure(args) -> dict:
 
 def main(argv=None) -> None:
     args = parser().parse_args(argv)
-    row = measure(args)
-    env = timing.environment()
-    print("\n" + timing.format_table([row], [*COLUMNS, "compile_s", "loss"]))
-    timing.write_json(args.output, {"environment": env, "args": vars(args), "results": [row]})
-    print(f"wrote {args.output}")
+    timing.report([measure(args)], [*COLUMNS, "compile_s", "loss"], args.output, args)
 
 
 if __name__ == "__main__":

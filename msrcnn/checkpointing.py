@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 
+import flax.traverse_util as traverse_util
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -70,8 +71,7 @@ def load_variables(directory: str, step: int | None = None):
 
 def flat_names(tree) -> dict[str, object]:
     """{'backbone/conv1/kernel': leaf, ...} for every leaf of a nested-dict pytree."""
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(str(k.key) for k in path): leaf for path, leaf in flat}
+    return traverse_util.flatten_dict(tree, sep="/")
 
 
 def _under(name: str, prefixes) -> bool:
@@ -105,43 +105,40 @@ CLASS_LAYERS = (
 )
 
 
-def load_init_params(directory: str, expected_params, fresh_params=None, reinitialize=()):
+def load_init_params(directory: str, fresh_params, reinitialize=()):
     """Parameters for a fresh run from `directory` (`msrcnn.convert` output or another run's
     checkpoints) -> (params, names of the re-initialised tensors).
 
-    Every tensor must be there with the model's shape: a partial or mismatched load is an
-    error that lists the differences, never a silent partial initialisation. The one way to
-    start some layers afresh (fine-tuning with a new class count, say) is to name them:
-    `reinitialize` holds parameter path prefixes ('box_head/cls_score'; 'classes' for all
-    class-dependent layers) whose tensors come from `fresh_params`, whatever the checkpoint
-    holds there. A prefix that names no parameter is an error (a typo must not quietly load
-    the old layer).
+    `fresh_params` are the model's freshly initialised parameters: they fix the expected
+    names, shapes and dtypes. Every tensor must be in the checkpoint with the model's shape:
+    a partial or mismatched load is an error that lists the differences, never a silent
+    partial initialisation. The one way to start some layers afresh (fine-tuning with a new
+    class count, say) is to name them: `reinitialize` holds parameter path prefixes
+    ('box_head/cls_score'; 'classes' for all class-dependent layers) whose tensors stay as in
+    `fresh_params`, whatever the checkpoint holds there. A prefix that names no parameter is
+    an error (a typo must not quietly load the old layer).
     """
     prefixes = []
     for item in reinitialize:
         prefixes += CLASS_LAYERS if item == "classes" else [str(item).strip("/")]
-    want = flat_names(expected_params)
-    unmatched = [p for p in prefixes if not any(_under(n, [p]) for n in want)]
+    fresh = flat_names(fresh_params)
+    unmatched = [p for p in prefixes if not any(_under(n, [p]) for n in fresh)]
     if unmatched:
         raise ValueError(
             f"train.init_reinitialize names no model parameter: {unmatched}; parameter paths "
-            f"look like {sorted(want)[:3]}"
+            f"look like {sorted(fresh)[:3]}"
         )
-    if prefixes and fresh_params is None:
-        raise ValueError("re-initialising layers needs the freshly initialised parameters")
     variables, _ = load_variables(directory)
     check_same_structure(
-        expected_params, variables["params"], f"init checkpoint {directory!r}", ignore=prefixes
+        fresh_params, variables["params"], f"init checkpoint {directory!r}", ignore=prefixes
     )
-    have = flat_names(variables["params"])
-    fresh = flat_names(fresh_params) if prefixes else {}
-    reinitialized = sorted(n for n in want if _under(n, prefixes))
-    leaves = [
-        jax.numpy.asarray(fresh[n] if n in reinitialized else have[n], w.dtype)
-        for n, w in want.items()
-    ]
-    treedef = jax.tree_util.tree_structure(expected_params)
-    return jax.tree_util.tree_unflatten(treedef, leaves), reinitialized
+    loaded = flat_names(variables["params"])
+    reinitialized = sorted(n for n in fresh if _under(n, prefixes))
+    params = {
+        n: value if n in reinitialized else jax.numpy.asarray(loaded[n], value.dtype)
+        for n, value in fresh.items()
+    }
+    return traverse_util.unflatten_dict(params, sep="/"), reinitialized
 
 
 class CheckpointWriteError(OSError):
@@ -184,15 +181,6 @@ def _iterator_state_from_json(payload):
     return payload["bytes"].encode("utf-8") if "bytes" in payload else payload["state"]
 
 
-def _dotted(tree, prefix="") -> dict[str, object]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out = {}
-    for key, value in tree.items():
-        out.update(_dotted(value, f"{prefix}.{key}" if prefix else key))
-    return out
-
-
 # Settings that may differ on resume without being told: they decide how to resume, not what.
 _RESUME_SETTINGS = ("train.allow_config_change",)
 
@@ -205,8 +193,8 @@ def check_config_drift(stored: dict, config: ml_collections.ConfigDict, where: s
     too unless `train.allow_config_change` is set: a workdir belongs to one experiment, and a
     typo in a resumed command must not quietly turn it into another.
     """
-    old = _dotted(stored)
-    new = _dotted(json.loads(config.to_json()))
+    old = traverse_util.flatten_dict(stored, sep=".")
+    new = traverse_util.flatten_dict(json.loads(config.to_json()), sep=".")
     differing = sorted(
         k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUME_SETTINGS
     )
@@ -250,6 +238,8 @@ class TrainCheckpointer:
             item_names=("variables", "opt_state", "data", "config"),
             options=options,
         )
+        self.changed_settings: list[str] = []  # accepted by the last restore_latest
+        self._closed = False
 
     def save(self, step: int, state, iterator_state) -> None:
         """Starts writing `step` (asynchronously); a failure of the previous write surfaces
@@ -342,7 +332,7 @@ class TrainCheckpointer:
 
     def close(self) -> None:
         """Waits for pending saves and closes; calling it again does nothing."""
-        if getattr(self, "_closed", False):
+        if self._closed:
             return
         try:
             self.manager.wait_until_finished()

@@ -237,8 +237,8 @@ def compute_losses(
         rpn_logits: [B, A] or a sequence of per-level [B, N_l] (concatenated in order).
         rpn_deltas: [B, A, 4] or a sequence of per-level [B, N_l, 4].
         class_logits: [B, R, K + 1]; box_deltas: [B, R, K + 1, 4].
-        mask_logits: [B, P, 28, 28, K] for the first P RoI slots (`max_positives`); without
-        it only the RPN and box terms are computed.
+        mask_logits: [B, P, 28, 28] logits of each of the first P RoI slots' target class
+        (`max_positives`; the mask head computes only that channel).
         maskiou (optional; absent for plain Mask R-CNN): [B, P, K].
       targets: training targets with a leading batch axis:
         rpn_labels: [B, A]; rpn_box_targets: [B, A, 4] (from `rpn_targets`).
@@ -273,16 +273,13 @@ def compute_losses(
         "loss_rpn_box_reg": rpn_box,
         "loss_classifier": classifier,
         "loss_box_reg": box_reg,
+        "loss_mask": class_mask_loss(
+            outputs["mask_logits"],
+            targets["mask_targets"],
+            targets["mask_positive"],
+            mask_target_threshold,
+        ),
     }
-    if "mask_logits" not in outputs:  # the caller computes the mask terms (see train_step)
-        return losses
-    losses["loss_mask"] = mask_loss(
-        outputs["mask_logits"],
-        targets["mask_targets"],
-        targets["mask_classes"],
-        targets["mask_positive"],
-        mask_target_threshold,
-    )
     if outputs.get("maskiou") is not None:
         losses["loss_maskiou"] = maskiou_weight * maskiou_loss(
             outputs["maskiou"],

@@ -111,11 +111,22 @@ def compute_losses(
         # Positives sit in the leading slots in random order, so a prefix is a random subset.
         max_pos = min(max_pos, t.mask_rois_per_image)
     pos = jax.tree.map(lambda x: x[:, :max_pos], sampled)
+    mask_features = inference.pool_rois(pyramid, pos["rois"], 14, cfg)
+    # Only each RoI's target-class logits: the loss reads no other channel.
+    mask_logits = model.apply(
+        head_vars, mask_features, pos["classes"].reshape(-1), method=MaskScoringRCNN.mask
+    )
+    side = mask_logits.shape[-1]
+    mask_logits = mask_logits.reshape(batch_size, max_pos, side, side)
+    mask_targets, mask_ratio = jax.vmap(functools.partial(roi_targets.mask_targets, size=side))(
+        batch["gt_masks"], batch["gt_boxes"], pos["rois"], pos["matched_gt"]
+    )
     outputs = {
         "rpn_logits": logits,
         "rpn_deltas": deltas,
         "class_logits": class_logits.reshape(batch_size, num_rois, -1),
         "box_deltas": box_deltas.reshape(batch_size, num_rois, -1, 4),
+        "mask_logits": mask_logits,
     }
     targets = {
         "rpn_labels": rpn_labels,
@@ -123,54 +134,27 @@ def compute_losses(
         "roi_classes": sampled["classes"],
         "roi_valid": sampled["valid"],
         "roi_box_targets": sampled["box_targets"],
+        "mask_targets": mask_targets,
+        "mask_classes": pos["classes"],
+        "mask_positive": pos["is_positive"],
     }
-    named = losses.compute_losses(outputs, targets)
-
-    named.update(
-        _mask_losses(model, config, params, pyramid, pos, batch["gt_masks"], batch["gt_boxes"])
-    )
-    # Optional per-loss weights, e.g. --config.train.loss_weights.loss_maskiou=0.5.
-    total = sum(value * t.loss_weights.get(name, 1.0) for name, value in named.items())
-    return total, (named, new_batch_stats)
-
-
-def _mask_losses(model, config, params, pyramid, pos, gt_masks, gt_boxes):
-    """loss_mask (and loss_maskiou) of the RoI slots that can hold positives.
-
-    Args:
-      params: the model parameters; pyramid: the FPN maps.
-      pos: the RoiSample fields of those slots, [B, P, ...] (positives first).
-      gt_masks: [B, M, S, S] uint8 box crops; gt_boxes: [B, M, 4].
-    """
-    cfg = config_lib.inference_config(config)
-    batch_size, num_slots = pos["rois"].shape[:2]
-    head_vars = {"params": params}
-    mask_features = inference.pool_rois(pyramid, pos["rois"], 14, cfg)
-    # Only each RoI's target-class logits: the loss reads no other channel.
-    logits = model.apply(
-        head_vars, mask_features, pos["classes"].reshape(-1), method=MaskScoringRCNN.mask
-    )
-    side = logits.shape[-1]
-    logits = logits.reshape(batch_size, num_slots, side, side)
-    mask_targets, mask_ratio = jax.vmap(functools.partial(roi_targets.mask_targets, size=side))(
-        gt_masks, gt_boxes, pos["rois"], pos["matched_gt"]
-    )
-    named = {"loss_mask": losses.class_mask_loss(logits, mask_targets, pos["is_positive"])}
     if model.mask_scoring:
         # The MaskIoU head sees the soft mask of the target class (predicted class at test).
-        probs = jax.nn.sigmoid(logits).reshape(-1, side, side)
+        probs = jax.nn.sigmoid(mask_logits).reshape(-1, side, side)
         iou_features = mask_features
-        if config.train.maskiou_stop_gradient:
+        if t.maskiou_stop_gradient:
             probs = jax.lax.stop_gradient(probs)
             iou_features = jax.lax.stop_gradient(iou_features)
         maskiou = model.apply(head_vars, iou_features, probs, method=MaskScoringRCNN.maskiou)
-        named["loss_maskiou"] = losses.maskiou_loss(
-            maskiou.reshape(batch_size, num_slots, -1),
-            jax.vmap(roi_targets.maskiou_targets)(logits, mask_targets, mask_ratio),
-            pos["classes"],
-            pos["is_positive"],
+        outputs["maskiou"] = maskiou.reshape(batch_size, max_pos, -1)
+        targets["maskiou_targets"] = jax.vmap(roi_targets.maskiou_targets)(
+            mask_logits, mask_targets, mask_ratio
         )
-    return named
+
+    named = losses.compute_losses(outputs, targets)
+    # Optional per-loss weights, e.g. --config.train.loss_weights.loss_maskiou=0.5.
+    total = sum(value * t.loss_weights.get(name, 1.0) for name, value in named.items())
+    return total, (named, new_batch_stats)
 
 
 def train_step(

@@ -203,10 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     last_saved = int(state.step) if restored is not None else None
     if restored is None and config.train.init_checkpoint:
         params, reinitialized = checkpointing.load_init_params(
-            config.train.init_checkpoint,
-            state.params,
-            fresh_params=state.params,
-            reinitialize=config.train.init_reinitialize,
+            config.train.init_checkpoint, state.params, config.train.init_reinitialize
         )
         params = jax.device_put(params, jax.tree.map(lambda x: x.sharding, state.params))
         state = state.replace(params=params, opt_state=optimizer.init(params))

@@ -62,7 +62,7 @@ def test_init_checkpoint_missing_tensors_are_named(tmp_path):
 def test_named_reinitialisation_lists_what_it_replaced(four_class_checkpoint):
     fresh = _params(6, value=-2.0)
     params, reinitialized = checkpointing.load_init_params(
-        four_class_checkpoint, _params(6), fresh_params=fresh, reinitialize=("classes",)
+        four_class_checkpoint, fresh, reinitialize=("classes",)
     )
     assert reinitialized == [
         "box_head/bbox_pred/bias",
@@ -84,7 +84,7 @@ def test_named_reinitialisation_lists_what_it_replaced(four_class_checkpoint):
 def test_reinitialise_prefix_that_names_nothing_is_an_error(four_class_checkpoint):
     with pytest.raises(ValueError, match=r"names no model parameter: \['box_head/cls_scores'\]"):
         checkpointing.load_init_params(
-            four_class_checkpoint, _params(4), _params(4), reinitialize=("box_head/cls_scores",)
+            four_class_checkpoint, _params(4), reinitialize=("box_head/cls_scores",)
         )
 
 
@@ -92,7 +92,7 @@ def test_reinitialising_one_layer_still_checks_the_others(four_class_checkpoint)
     # Only the classifier is named: the box regressor and mask logits still do not fit.
     with pytest.raises(ValueError) as info:
         checkpointing.load_init_params(
-            four_class_checkpoint, _params(6), _params(6), reinitialize=("box_head/cls_score",)
+            four_class_checkpoint, _params(6), reinitialize=("box_head/cls_score",)
         )
     message = str(info.value)
     assert "box_head/bbox_pred/kernel" in message and "cls_score" not in message

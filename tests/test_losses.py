@@ -59,7 +59,10 @@ def np_maskiou(pred, targets, classes, positive):
     return (0.5 * (sel[positive] - targets[positive]) ** 2).mean()
 
 
-def random_batch(seed, b=2, a=50, r=12, p=4, k=3, s=6):
+def random_batch(seed, b=2, a=50, r=12, p=4, k=3, s=6, per_class_masks=False):
+    """Random outputs and targets. mask_logits: [b, p, s, s] logits of each slot's target
+    class, as the train step computes them (compute_losses' input); per_class_masks=True: all
+    k classes [b, p, s, s, k] (mask_loss's input)."""
     rng = np.random.default_rng(seed)
     rpn_labels = rng.choice([-1, 0, 1], (b, a), p=[0.5, 0.35, 0.15]).astype(np.int32)
     classes = rng.integers(0, k + 1, (b, r)).astype(np.int32)
@@ -74,6 +77,9 @@ def random_batch(seed, b=2, a=50, r=12, p=4, k=3, s=6):
         "mask_logits": rng.normal(0, 2, (b, p, s, s, k)).astype(np.float32),
         "maskiou": rng.random((b, p, k)).astype(np.float32),
     }
+    if not per_class_masks:
+        column = (mask_classes - 1)[..., None, None, None]
+        outputs["mask_logits"] = np.take_along_axis(outputs["mask_logits"], column, -1)[..., 0]
     targets = {
         "rpn_labels": rpn_labels,
         "rpn_box_targets": rng.normal(0, 0.3, (b, a, 4)).astype(np.float32),
@@ -102,7 +108,7 @@ def test_smooth_l1_and_bce_elementwise():
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_losses_match_numpy(seed):
-    o, t = random_batch(seed)
+    o, t = random_batch(seed, per_class_masks=True)
     f64 = lambda x: np.asarray(x, np.float64)
     got = losses.rpn_losses(o["rpn_logits"], o["rpn_deltas"], t["rpn_labels"], t["rpn_box_targets"])
     want = np_rpn(
@@ -193,7 +199,7 @@ def test_zero_positives_give_zero_and_finite_gradients():
     assert np.isfinite(box[0]) and box[1] == 0
     value, grads = _grads(
         lambda m, q: (
-            losses.mask_loss(m, t["mask_targets"], t["mask_classes"], t["mask_positive"])
+            losses.class_mask_loss(m, t["mask_targets"], t["mask_positive"])
             + losses.maskiou_loss(q, t["maskiou_targets"], t["mask_classes"], t["mask_positive"])
         ),
         o["mask_logits"],
