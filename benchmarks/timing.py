@@ -34,15 +34,28 @@ def block(tree: Any) -> Any:
     return jax.block_until_ready(tree)
 
 
-def time_fn(fn: Callable[[], Any], runs: int = 5, warmup: int = 1, sync=block) -> Timing:
-    """Times `fn()`; the first call is reported separately (it includes compilation)."""
+def time_fn(
+    fn: Callable[[], Any],
+    runs: int = 5,
+    warmup: int = 1,
+    sync=block,
+    setup: Callable[[], Any] | None = None,
+) -> Timing:
+    """Times `fn()`; the first call is reported separately (it includes compilation).
+
+    `setup()`, if given, runs untimed before every call (e.g. to restore a starting state).
+    """
+    setup = setup or (lambda: None)
+    setup()
     start = time.perf_counter()
     sync(fn())
     first = time.perf_counter() - start
     for _ in range(max(warmup - 1, 0)):
+        setup()
         sync(fn())
     times = []
     for _ in range(runs):
+        setup()
         start = time.perf_counter()
         sync(fn())
         times.append(time.perf_counter() - start)

@@ -15,6 +15,12 @@ classes (torchvision's COCO head), SGD with momentum 0.9 and weight decay 1e-4, 
 (the images already have the configured size). msrcnn runs its whole step in one jit with the
 state donated; `--plain` drops the MaskIoU head (the architecture torchvision has).
 
+Every timed step starts from the same state (weights and optimizer state restored, untimed,
+before each call), so each run does the same work: otherwise the weights move with every
+step and so does the number of positive RoIs the mask head trains on (43 at the start on the
+default batch, ~80 five steps later), on each side differently. `--drift` times successive
+steps instead.
+
 Each image carries `--objects` ellipses inside random boxes: torchvision gets full-image
 masks, msrcnn the same ellipses as box-aligned crops (its input format).
 """
@@ -132,12 +138,19 @@ def time_msrcnn(args, height, width) -> dict:
         msrcnn_batch(height, width, args.batch, args.objects, t.max_instances, t.mask_size)
     )
     holder = {"state": state}
+    start_state = jax.tree.map(jnp.copy, state)
+
+    def restore():
+        holder["state"] = jax.block_until_ready(jax.tree.map(jnp.copy, start_state))
 
     def call():
         holder["state"], metrics = step_fn(holder["state"], batch)
         return metrics
 
-    result = timing.time_fn(call, runs=args.runs, warmup=2)
+    setup = None if args.drift else restore
+    result = timing.time_fn(call, runs=args.runs, warmup=2, setup=setup)
+    if setup:
+        setup()  # the reported loss is then the first step's, as torchvision's
     metrics = jax.device_get(call())
     assert np.isfinite(metrics["loss"]), metrics
     row = {
@@ -189,6 +202,12 @@ def time_torchvision(args, height, width) -> dict:
             }
         )
 
+    start_weights = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def restore():
+        model.load_state_dict(start_weights)
+        opt.state.clear()  # momentum buffers start again from the first gradient
+
     def call():
         with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
             losses = model(images, targets)
@@ -200,7 +219,10 @@ def time_torchvision(args, height, width) -> dict:
             torch.cuda.synchronize()
         return loss
 
-    result = timing.time_fn(call, runs=args.runs, warmup=2, sync=lambda x: x)
+    setup = None if args.drift else restore
+    result = timing.time_fn(call, runs=args.runs, warmup=2, sync=lambda x: x, setup=setup)
+    if setup:
+        setup()
     row = {
         "framework": "torchvision",
         "model": "Mask R-CNN",
@@ -235,6 +257,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--objects", type=int, default=8, help="ground-truth objects per image")
     p.add_argument("--runs", type=int, default=5, help="timed runs (median reported)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument(
+        "--drift", action="store_true", help="time successive steps (weights move between runs)"
+    )
     p.add_argument("--set", action="append", default=[], help="msrcnn config SECTION.KEY=VALUE")
     p.add_argument("--output", default="bench_out/train_step.json")
     return p

@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from msrcnn import config_lib
 from msrcnn.sharding import allgather_json
 
 
@@ -191,12 +192,22 @@ def check_config_drift(stored: dict, config: ml_collections.ConfigDict, where: s
     A different model is always an error naming the fields (orbax would restore what fits
     and leave the rest silently). Any other difference (data, schedule, steps) is an error
     too unless `train.allow_config_change` is set: a workdir belongs to one experiment, and a
-    typo in a resumed command must not quietly turn it into another.
+    typo in a resumed command must not quietly turn it into another. A setting the checkpoint
+    does not know (added to msrcnn after it was written) counts only if the run changed it
+    from its default.
     """
     old = traverse_util.flatten_dict(stored, sep=".")
     new = traverse_util.flatten_dict(json.loads(config.to_json()), sep=".")
+    defaults = traverse_util.flatten_dict(json.loads(config_lib.base_config().to_json()), sep=".")
+    newer_setting_at_default = lambda k: (
+        k not in old and k in defaults and new.get(k) == defaults[k]
+    )
     differing = sorted(
-        k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUME_SETTINGS
+        k
+        for k in set(old) | set(new)
+        if old.get(k) != new.get(k)
+        and k not in _RESUME_SETTINGS
+        and not newer_setting_at_default(k)
     )
 
     def describe(keys):

@@ -134,6 +134,9 @@ def base_config() -> ml_collections.ConfigDict:
             # Mask and MaskIoU heads train on at most this many positive RoIs per image
             # (0 = all, as detectron2): the heads' convs dominate small-model CPU steps.
             "mask_rois_per_image": 0,
+            # The mask branch runs on the smallest multiple of this many leading slots that
+            # holds every positive (one compiled branch per multiple; 0 = always every slot).
+            "mask_slot_step": 16,
             "max_instances": 100,
             "mask_size": 56,
             "maskiou_stop_gradient": False,

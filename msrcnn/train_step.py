@@ -18,9 +18,13 @@ import optax
 
 from msrcnn import config_lib, inference, losses, proposals
 from msrcnn.models.ms_rcnn import MaskScoringRCNN
+from msrcnn.ops import slot_buckets
 from msrcnn.targets import roi as roi_targets
 from msrcnn.targets import rpn as rpn_targets
 from msrcnn.train_state import TrainState
+
+# Parameters the mask branch reads (the MaskIoU head's only with mask scoring).
+MASK_BRANCH_PARAMS = ("mask_head", "maskiou_head")
 
 
 def normalize_images(images_uint8, image_hw, mean, std):
@@ -111,13 +115,21 @@ def compute_losses(
         # Positives sit in the leading slots in random order, so a prefix is a random subset.
         max_pos = min(max_pos, t.mask_rois_per_image)
     pos = jax.tree.map(lambda x: x[:, :max_pos], sampled)
-    mask_features = inference.pool_rois(pyramid, pos["rois"], 14, cfg)
-    # Only each RoI's target-class logits: the loss reads no other channel.
-    mask_logits = model.apply(
-        head_vars, mask_features, pos["classes"].reshape(-1), method=MaskScoringRCNN.mask
+    # The mask branch runs on the smallest bucket of leading slots that holds every image's
+    # positives (msrcnn.ops.slot_buckets); the slots past it come back as zeros, which the
+    # losses mask out like any other non-positive slot.
+    filled = jnp.max(jnp.sum(pos["is_positive"], axis=1))
+    head_params = {name: params[name] for name in MASK_BRANCH_PARAMS if name in params}
+    branch = functools.partial(_mask_branch, model, cfg, t.maskiou_stop_gradient)
+    mask_out = slot_buckets.run_filled_slots(
+        branch,
+        {"params": head_params, "pyramid": pyramid},
+        {"rois": pos["rois"], "classes": pos["classes"]},
+        filled,
+        slot_buckets.slot_buckets(max_pos, t.mask_slot_step),
     )
+    mask_logits = mask_out["mask_logits"]
     side = mask_logits.shape[-1]
-    mask_logits = mask_logits.reshape(batch_size, max_pos, side, side)
     mask_targets, mask_ratio = jax.vmap(functools.partial(roi_targets.mask_targets, size=side))(
         batch["gt_masks"], batch["gt_boxes"], pos["rois"], pos["matched_gt"]
     )
@@ -139,14 +151,7 @@ def compute_losses(
         "mask_positive": pos["is_positive"],
     }
     if model.mask_scoring:
-        # The MaskIoU head sees the soft mask of the target class (predicted class at test).
-        probs = jax.nn.sigmoid(mask_logits).reshape(-1, side, side)
-        iou_features = mask_features
-        if t.maskiou_stop_gradient:
-            probs = jax.lax.stop_gradient(probs)
-            iou_features = jax.lax.stop_gradient(iou_features)
-        maskiou = model.apply(head_vars, iou_features, probs, method=MaskScoringRCNN.maskiou)
-        outputs["maskiou"] = maskiou.reshape(batch_size, max_pos, -1)
+        outputs["maskiou"] = mask_out["maskiou"]
         targets["maskiou_targets"] = jax.vmap(roi_targets.maskiou_targets)(
             mask_logits, mask_targets, mask_ratio
         )
@@ -155,6 +160,32 @@ def compute_losses(
     # Optional per-loss weights, e.g. --config.train.loss_weights.loss_maskiou=0.5.
     total = sum(value * t.loss_weights.get(name, 1.0) for name, value in named.items())
     return total, (named, new_batch_stats)
+
+
+def _mask_branch(model, cfg, maskiou_stop_gradient: bool, shared, slots):
+    """Mask (and MaskIoU) head on the RoIs of some leading slots.
+
+    shared: {"params": the heads' parameters, "pyramid": feature maps}; slots: {"rois"
+    [B, S, 4], "classes" [B, S]} -> {"mask_logits" [B, S, 28, 28] of each RoI's target class,
+    "maskiou" [B, S, K] when the model has the MaskIoU head}.
+    """
+    batch_size, num_slots = slots["classes"].shape
+    variables = {"params": shared["params"]}
+    features = inference.pool_rois(shared["pyramid"], slots["rois"], 14, cfg)
+    # Only each RoI's target-class logits: the loss reads no other channel.
+    logits = model.apply(
+        variables, features, slots["classes"].reshape(-1), method=MaskScoringRCNN.mask
+    )
+    out = {"mask_logits": logits.reshape(batch_size, num_slots, *logits.shape[1:])}
+    if model.mask_scoring:
+        # The MaskIoU head sees the soft mask of the target class (predicted class at test).
+        probs = jax.nn.sigmoid(logits)
+        if maskiou_stop_gradient:
+            probs = jax.lax.stop_gradient(probs)
+            features = jax.lax.stop_gradient(features)
+        maskiou = model.apply(variables, features, probs, method=MaskScoringRCNN.maskiou)
+        out["maskiou"] = maskiou.reshape(batch_size, num_slots, -1)
+    return out
 
 
 def train_step(
@@ -185,6 +216,6 @@ def train_step(
     )
     metrics = dict(named)
     metrics["loss"] = total
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["finite"] = finite.astype(jnp.float32)
     return new_state, metrics

@@ -121,6 +121,15 @@ def test_config_drift_outside_the_model_needs_permission():
     assert checkpointing.check_config_drift(_stored(stored), tiny_config("/data"), "W") == []
 
 
+def test_settings_newer_than_the_checkpoint_count_only_when_changed():
+    # A checkpoint written before train.mask_slot_step existed.
+    stored = _stored(tiny_config("/data"))
+    del stored["train"]["mask_slot_step"]
+    assert checkpointing.check_config_drift(stored, tiny_config("/data"), "W") == []
+    with pytest.raises(ValueError, match=r"train.mask_slot_step: checkpoint None vs config 4"):
+        checkpointing.check_config_drift(stored, tiny_config("/data", mask_slot_step=4), "W")
+
+
 def test_model_drift_is_refused_even_when_allowed():
     changed = tiny_config("/data", "plain", allow_config_change=True)
     with pytest.raises(ValueError, match=r"different model \(model.mask_scoring: checkpoint True"):

@@ -13,11 +13,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from msrcnn.ops import conv as conv_ops
+
 _RELU_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 _FC_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")  # kaiming_uniform(a=1)
 
 
-def _conv3x3(features, name, dtype, stride=1, kernel_init=_RELU_FAN_OUT):
+def _conv3x3(features, name, dtype, stride=1, kernel_init=_RELU_FAN_OUT, conv_fn=None):
     return nn.Conv(
         features,
         (3, 3),
@@ -25,8 +27,15 @@ def _conv3x3(features, name, dtype, stride=1, kernel_init=_RELU_FAN_OUT):
         padding=((1, 1), (1, 1)),
         dtype=dtype,
         kernel_init=kernel_init,
+        conv_general_dilated=conv_fn,
         name=name,
     )
+
+
+def _roi_conv3x3(features, name, dtype, stride=1):
+    """A 3x3 conv of the RoI heads: kernel gradient as matmuls, fast inside the mask branch's
+    `lax.switch` (msrcnn.ops.conv)."""
+    return _conv3x3(features, name, dtype, stride, conv_fn=conv_ops.conv_general_dilated)
 
 
 class Upsample2x(nn.Module):
@@ -189,7 +198,7 @@ class MaskHead(nn.Module):
         RoI's class: [R, 28, 28] (what training reads, at a fraction of the work)."""
         x = roi_features
         for i in range(self.num_convs):
-            x = nn.relu(_conv3x3(self.channels, f"mask_fcn{i + 1}", self.dtype)(x))
+            x = nn.relu(_roi_conv3x3(self.channels, f"mask_fcn{i + 1}", self.dtype)(x))
         # The upsampling's depth-to-space moves every channel; the 1x1 logits conv and the
         # ReLU are per pixel, so they run before it and only the logits are moved.
         x = nn.relu(Upsample2x(self.channels, dtype=self.dtype, name="conv5_mask")(x, False))
@@ -222,8 +231,8 @@ class MaskIoUHead(nn.Module):
         pooled = nn.max_pool(mask_probs[..., None], (2, 2), strides=(2, 2))  # [R, 14, 14, 1]
         x = jnp.concatenate([roi_features.astype(self.dtype), pooled.astype(self.dtype)], -1)
         for i in range(3):
-            x = nn.relu(_conv3x3(self.channels, f"maskiou_fcn{i + 1}", self.dtype)(x))
-        x = nn.relu(_conv3x3(self.channels, "maskiou_fcn4", self.dtype, stride=2)(x))  # 7x7
+            x = nn.relu(_roi_conv3x3(self.channels, f"maskiou_fcn{i + 1}", self.dtype)(x))
+        x = nn.relu(_roi_conv3x3(self.channels, "maskiou_fcn4", self.dtype, stride=2)(x))  # 7x7
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(
             nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_FC_INIT, name="maskiou_fc1")(x)
