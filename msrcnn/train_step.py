@@ -120,13 +120,16 @@ def compute_losses(
     # losses mask out like any other non-positive slot.
     filled = jnp.max(jnp.sum(pos["is_positive"], axis=1))
     head_params = {name: params[name] for name in MASK_BRANCH_PARAMS if name in params}
-    branch = functools.partial(_mask_branch, model, cfg, t.maskiou_stop_gradient)
+    buckets = slot_buckets.slot_buckets(max_pos, t.mask_slot_step)
+    # Inside the switch the heads' convs need their matmul gradients (msrcnn.ops.conv).
+    branch_model = model.clone(matmul_conv_grads=len(buckets) > 1)
+    branch = functools.partial(_mask_branch, branch_model, cfg, t.maskiou_stop_gradient)
     mask_out = slot_buckets.run_filled_slots(
         branch,
         {"params": head_params, "pyramid": pyramid},
         {"rois": pos["rois"], "classes": pos["classes"]},
         filled,
-        slot_buckets.slot_buckets(max_pos, t.mask_slot_step),
+        buckets,
     )
     mask_logits = mask_out["mask_logits"]
     side = mask_logits.shape[-1]

@@ -10,7 +10,7 @@ import pytest
 
 from experiments import tiny
 from msrcnn import config_lib, train_step
-from msrcnn.ops import slot_buckets
+from msrcnn.ops import conv, slot_buckets
 
 
 def _batch(num_objects=3, size=64, max_instances=4, mask_size=28, seed=0):
@@ -36,7 +36,8 @@ def _batch(num_objects=3, size=64, max_instances=4, mask_size=28, seed=0):
 
 @pytest.fixture(scope="module")
 def losses_and_grads():
-    """Per mask_slot_step: (named losses, gradients, chosen bucket sizes seen by the step)."""
+    """Per mask_slot_step: (named losses, gradients, chosen bucket sizes seen by the step,
+    number of matmul-gradient convs traced)."""
     config = tiny.get_config()
     # 64 sampled RoIs at 25%: 16 slots that can hold positives.
     config.train.roi_batch_size_per_image = 64
@@ -60,13 +61,22 @@ def losses_and_grads():
             jax.debug.callback(lambda i: chosen.append(buckets[int(i)]), index)
             return index
 
+        convs = []
+        original_conv = conv.conv3x3
+
+        def counting_conv(*args, original_conv=original_conv, convs=convs):
+            convs.append(1)
+            return original_conv(*args)
+
         slot_buckets._bucket_index = recording
+        conv.conv3x3 = counting_conv
         try:
             (_, (named, _)), grads = fn(params, {}, batch, jax.random.key(5))
             jax.block_until_ready(grads)
         finally:
             slot_buckets._bucket_index = original
-        results[step] = (jax.device_get(named), jax.device_get(grads), chosen)
+            conv.conv3x3 = original_conv
+        results[step] = (jax.device_get(named), jax.device_get(grads), chosen, len(convs))
     return results
 
 
@@ -76,13 +86,15 @@ def test_smaller_buckets_were_used(losses_and_grads):
         chosen = losses_and_grads[step][2]
         assert chosen and all(b < 16 for b in chosen), (step, chosen)
     assert losses_and_grads[0][2] == []  # one bucket: no switch at all
+    # The heads' convs take the matmul-gradient path only inside the switch.
+    assert losses_and_grads[3][3] > 0 and losses_and_grads[0][3] == 0
     assert losses_and_grads[3][1]["mask_head"]  # the mask head got gradients
 
 
 @pytest.mark.parametrize("step", [3])
 def test_losses_and_gradients_equal_every_slot(losses_and_grads, step):
-    want_named, want_grads, _ = losses_and_grads[0]
-    named, grads, _ = losses_and_grads[step]
+    want_named, want_grads, *_ = losses_and_grads[0]
+    named, grads, *_ = losses_and_grads[step]
     assert named["loss_mask"] > 0 and named["loss_maskiou"] > 0
     for name, value in want_named.items():
         np.testing.assert_allclose(named[name], value, rtol=1e-5, err_msg=name)

@@ -7,6 +7,7 @@ follow torchvision where it has the layer (`conv`, `cls_logits`, `bbox_pred`, `f
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -32,10 +33,11 @@ def _conv3x3(features, name, dtype, stride=1, kernel_init=_RELU_FAN_OUT, conv_fn
     )
 
 
-def _roi_conv3x3(features, name, dtype, stride=1):
-    """A 3x3 conv of the RoI heads: kernel gradient as matmuls, fast inside the mask branch's
-    `lax.switch` (msrcnn.ops.conv)."""
-    return _conv3x3(features, name, dtype, stride, conv_fn=conv_ops.conv_general_dilated)
+def _roi_conv3x3(features, name, dtype, matmul_grads: bool, stride=1):
+    """A 3x3 conv of the mask / MaskIoU head; matmul_grads: gradients as matmuls, which stay
+    fast inside the train step's `lax.switch` on XLA:CPU (msrcnn.ops.conv)."""
+    conv_fn = conv_ops.conv_general_dilated if matmul_grads else None
+    return _conv3x3(features, name, dtype, stride, conv_fn=conv_fn)
 
 
 class Upsample2x(nn.Module):
@@ -185,12 +187,14 @@ class MaskHead(nn.Module):
       num_classes: K foreground classes (one mask per class, no background mask).
       channels: width of the convs.
       dtype: computation dtype; logits are float32.
+      matmul_conv_grads: see MaskScoringRCNN.
     """
 
     num_classes: int
     channels: int = 256
     num_convs: int = 4
     dtype: Any = jnp.float32
+    matmul_conv_grads: bool = False
 
     @nn.compact
     def __call__(self, roi_features, classes=None):
@@ -198,7 +202,10 @@ class MaskHead(nn.Module):
         RoI's class: [R, 28, 28] (what training reads, at a fraction of the work)."""
         x = roi_features
         for i in range(self.num_convs):
-            x = nn.relu(_roi_conv3x3(self.channels, f"mask_fcn{i + 1}", self.dtype)(x))
+            conv = _roi_conv3x3(
+                self.channels, f"mask_fcn{i + 1}", self.dtype, self.matmul_conv_grads
+            )
+            x = nn.relu(conv(x))
         # The upsampling's depth-to-space moves every channel; the 1x1 logits conv and the
         # ReLU are per pixel, so they run before it and only the logits are moved.
         x = nn.relu(Upsample2x(self.channels, dtype=self.dtype, name="conv5_mask")(x, False))
@@ -218,21 +225,24 @@ class MaskIoUHead(nn.Module):
         class column.
       channels: conv width; hidden: FC width.
       dtype: computation dtype; output is float32.
+      matmul_conv_grads: see MaskScoringRCNN.
     """
 
     num_classes: int
     channels: int = 256
     hidden: int = 1024
     dtype: Any = jnp.float32
+    matmul_conv_grads: bool = False
 
     @nn.compact
     def __call__(self, roi_features, mask_probs):
         """[R, 14, 14, C] features, [R, 28, 28] mask probabilities -> MaskIoU [R, K]."""
         pooled = nn.max_pool(mask_probs[..., None], (2, 2), strides=(2, 2))  # [R, 14, 14, 1]
         x = jnp.concatenate([roi_features.astype(self.dtype), pooled.astype(self.dtype)], -1)
+        conv = functools.partial(_roi_conv3x3, self.channels, dtype=self.dtype)
         for i in range(3):
-            x = nn.relu(_roi_conv3x3(self.channels, f"maskiou_fcn{i + 1}", self.dtype)(x))
-        x = nn.relu(_roi_conv3x3(self.channels, "maskiou_fcn4", self.dtype, stride=2)(x))  # 7x7
+            x = nn.relu(conv(f"maskiou_fcn{i + 1}", matmul_grads=self.matmul_conv_grads)(x))
+        x = nn.relu(conv("maskiou_fcn4", matmul_grads=self.matmul_conv_grads, stride=2)(x))  # 7x7
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(
             nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_FC_INIT, name="maskiou_fc1")(x)
