@@ -1,15 +1,59 @@
-"""Shared test helpers: golden fixtures and trace counting."""
+"""Shared test helpers: golden fixtures, trace counting, and the run's XLA settings.
+
+Compilation dominates the suite on 2 CPU cores (the tiny model's train step runs in well under
+a second; XLA takes ~20 s to compile it), and many modules compile the same programs: every
+`trainer.train_and_evaluate` call builds a new jit, so JAX's in-memory caches cannot share
+them. So the whole run (both xdist workers and the CLI subprocesses the tests start, through
+the environment) shares one persistent compilation cache in a temporary directory, removed at
+the end; and modules that train the tiny model compile with `fast_xla`.
+"""
 
 from __future__ import annotations
 
 import functools
+import os
 import pathlib
+import shutil
+import tempfile
 
 import jax
 import numpy as np
 import pytest
 
+from tests.trainer_helpers import FAST_COMPILE
+
 GOLDEN_DIR = pathlib.Path(__file__).parent / "testdata" / "golden"
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_OWNED_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+    # The first process (the xdist controller, or the only one) makes the directory; workers
+    # and subprocesses inherit it through the environment. A directory the user set is kept.
+    if not os.environ.get(_CACHE_ENV):
+        os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="msrcnn-test-xla-cache-")
+        config.stash[_OWNED_CACHE] = os.environ[_CACHE_ENV]
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+
+
+def pytest_unconfigure(config):
+    owned = config.stash.get(_OWNED_CACHE, None)
+    if owned:
+        shutil.rmtree(owned, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def fast_xla():
+    """XLA's fast-compile mode (`jax_disable_most_optimizations`: about half the compile
+    time, same semantics) for one module, restored after. Use it with
+    `pytestmark = pytest.mark.usefixtures("fast_xla")` in modules that train the tiny model."""
+    if not FAST_COMPILE:
+        yield
+        return
+    previous = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def load_golden(name: str) -> dict[str, np.ndarray]:

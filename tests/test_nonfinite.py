@@ -13,6 +13,9 @@ import pytest
 from msrcnn import checkpointing, trainer
 from tests.trainer_helpers import tiny_config
 
+# Tiny-model training: compile fast, share programs with the other modules (conftest).
+pytestmark = pytest.mark.usefixtures("fast_xla")
+
 
 @pytest.fixture
 def no_eval(monkeypatch):

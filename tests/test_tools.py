@@ -22,6 +22,9 @@ from tests.trainer_helpers import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Tiny-model training: compile fast, share programs with the other modules (conftest).
+pytestmark = pytest.mark.usefixtures("fast_xla")
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

@@ -18,6 +18,9 @@ from tests.trainer_helpers import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Tiny-model training: compile fast, share programs with the other modules (conftest).
+pytestmark = pytest.mark.usefixtures("fast_xla")
+
 
 def _custom_config(tmp_path, fmt, class_names, train, validation=None):
     config = tiny_config(tmp_path / "tfds", num_steps=2, checkpoint_every=2)

@@ -3,12 +3,10 @@
 Compilation dominates: the tiny model runs a step in well under a second but XLA takes ~20 s
 to compile the step and ~15 s the initialisation on 2 CPU cores. So that the module stays in
 its budget (< 90 s):
-  * the module compiles with `jax_disable_most_optimizations` (XLA's fast-compile mode;
-    about half the compile time, same semantics). MSRCNN_TEST_FULL_XLA=1 turns it off;
+  * the module compiles with XLA's fast-compile mode (the `fast_xla` fixture, conftest);
   * every run uses one config (see `trainer_helpers.tiny_config`), so the init, step and
     evaluation programs are compiled once and later `train_and_evaluate` calls load them
-    from a persistent compilation cache in a temporary directory (the trainer builds a new
-    jit per call, so JAX's in-memory caches cannot share them);
+    from the run's persistent compilation cache (conftest);
   * only the first run evaluates; later runs replace `_evaluate_and_log` with a no-op;
   * the 2-device worker runs in a background process started before the first test.
 """
@@ -34,6 +32,7 @@ from msrcnn import train_step as train_step_lib
 from msrcnn.data import datasets
 from msrcnn.train_state import TrainState
 from tests.trainer_helpers import (
+    FAST_COMPILE,
     LOSS_TERMS,
     flat_arrays,
     read_metrics,
@@ -42,26 +41,8 @@ from tests.trainer_helpers import (
 )
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FAST_COMPILE = os.environ.get("MSRCNN_TEST_FULL_XLA", "") != "1"
 SHARDED_TEST = "test_sharded_step_matches_single_device"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _xla_settings(tmp_path_factory):
-    """Fast compiles and a persistent compilation cache for this module; restored after."""
-    from jax.experimental.compilation_cache import compilation_cache
-
-    settings = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache"))}
-    if FAST_COMPILE:
-        settings["jax_disable_most_optimizations"] = True
-    previous = {name: jax.config.values[name] for name in settings}
-    for name, value in settings.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
-    yield
-    for name, value in previous.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
+pytestmark = pytest.mark.usefixtures("fast_xla")
 
 
 @pytest.fixture(scope="module")

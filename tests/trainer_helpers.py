@@ -17,6 +17,10 @@ import pathlib
 import struct
 import sys
 
+# MSRCNN_TEST_FULL_XLA=1 compiles the modules that use the `fast_xla` fixture (conftest) with
+# XLA's full optimisations.
+FAST_COMPILE = os.environ.get("MSRCNN_TEST_FULL_XLA", "") != "1"
+
 LOSS_TERMS = (
     "loss_objectness",
     "loss_rpn_box_reg",
