@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from msrcnn import config_lib, inference, losses, proposals
+from msrcnn import config_lib, inference, losses, optim, proposals
 from msrcnn.models.ms_rcnn import MaskScoringRCNN
 from msrcnn.ops import slot_buckets
 from msrcnn.targets import roi as roi_targets
@@ -122,7 +122,7 @@ def compute_losses(
     head_params = {name: params[name] for name in MASK_BRANCH_PARAMS if name in params}
     buckets = slot_buckets.slot_buckets(max_pos, t.mask_slot_step)
     # Inside the switch the heads' convs need their matmul gradients (msrcnn.ops.conv).
-    branch_model = model.clone(matmul_conv_grads=len(buckets) > 1)
+    branch_model = model.clone(forward_conv_grads=len(buckets) > 1)
     branch = functools.partial(_mask_branch, branch_model, cfg, t.maskiou_stop_gradient)
     mask_out = slot_buckets.run_filled_slots(
         branch,
@@ -200,7 +200,17 @@ def train_step(
 ):
     """One update. -> (new state, metrics dict of scalars)."""
     key = jax.random.fold_in(jax.random.key(config.seed), state.step)
-    grad_fn = jax.value_and_grad(functools.partial(compute_losses, model, config), has_aux=True)
+    frozen = optim.frozen_mask(state.params, config)
+
+    def loss_fn(params, *args):
+        # Frozen parameters (stem, res2, frozen-BN affines) enter as constants, so autodiff
+        # differentiates nothing below res3 (as torch with requires_grad=False): no kernel or
+        # input gradients of the frozen convs, no affine-gradient reductions. Their gradients
+        # are zeros, which the optimizer discards anyway (optim.make_optimizer).
+        params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
+        return compute_losses(model, config, params, *args)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (total, (named, new_batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch, key)
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)

@@ -12,6 +12,9 @@ from experiments import tiny
 from msrcnn import config_lib, train_step
 from msrcnn.ops import conv, slot_buckets
 
+# Tiny-model training: compile fast, share programs with the other modules (conftest).
+pytestmark = pytest.mark.usefixtures("fast_xla")
+
 
 def _batch(num_objects=3, size=64, max_instances=4, mask_size=28, seed=0):
     rng = np.random.default_rng(seed)
@@ -37,7 +40,7 @@ def _batch(num_objects=3, size=64, max_instances=4, mask_size=28, seed=0):
 @pytest.fixture(scope="module")
 def losses_and_grads():
     """Per mask_slot_step: (named losses, gradients, chosen bucket sizes seen by the step,
-    number of matmul-gradient convs traced)."""
+    number of convs traced with forward-op input gradients)."""
     config = tiny.get_config()
     # 64 sampled RoIs at 25%: 16 slots that can hold positives.
     config.train.roi_batch_size_per_image = 64
@@ -62,21 +65,21 @@ def losses_and_grads():
             return index
 
         convs = []
-        original_conv = conv.conv3x3
+        original_conv = conv.conv
 
         def counting_conv(*args, original_conv=original_conv, convs=convs):
-            convs.append(1)
+            convs.append(args[4])  # forward_input_grad
             return original_conv(*args)
 
         slot_buckets._bucket_index = recording
-        conv.conv3x3 = counting_conv
+        conv.conv = counting_conv
         try:
             (_, (named, _)), grads = fn(params, {}, batch, jax.random.key(5))
             jax.block_until_ready(grads)
         finally:
             slot_buckets._bucket_index = original
-            conv.conv3x3 = original_conv
-        results[step] = (jax.device_get(named), jax.device_get(grads), chosen, len(convs))
+            conv.conv = original_conv
+        results[step] = (jax.device_get(named), jax.device_get(grads), chosen, sum(convs))
     return results
 
 
@@ -86,7 +89,7 @@ def test_smaller_buckets_were_used(losses_and_grads):
         chosen = losses_and_grads[step][2]
         assert chosen and all(b < 16 for b in chosen), (step, chosen)
     assert losses_and_grads[0][2] == []  # one bucket: no switch at all
-    # The heads' convs take the matmul-gradient path only inside the switch.
+    # The heads' convs take forward-op input gradients only inside the switch.
     assert losses_and_grads[3][3] > 0 and losses_and_grads[0][3] == 0
     assert losses_and_grads[3][1]["mask_head"]  # the mask head got gradients
 

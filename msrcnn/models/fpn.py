@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msrcnn.ops import conv as conv_ops
+
 # torchvision initialises FPN convs with kaiming_uniform(a=1): uniform, gain 1, fan in.
 _FPN_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
 
@@ -51,6 +53,7 @@ class FPN(nn.Module):
             padding=((k // 2, k // 2), (k // 2, k // 2)),
             dtype=self.dtype,
             kernel_init=_FPN_INIT,
+            conv_general_dilated=conv_ops.conv_general_dilated,  # matmul kernel gradients
             name=name,
         )
         laterals = [conv(1, f"inner_blocks_{i}")(features[n]) for i, n in enumerate(names)]

@@ -20,7 +20,9 @@ _RELU_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 _FC_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")  # kaiming_uniform(a=1)
 
 
-def _conv3x3(features, name, dtype, stride=1, kernel_init=_RELU_FAN_OUT, conv_fn=None):
+def _conv3x3(features, name, dtype, stride=1, kernel_init=_RELU_FAN_OUT, forward_grads=False):
+    """forward_grads: input gradients as forward ops, for convs that run inside the train
+    step's `lax.switch` (msrcnn.ops.conv); kernel gradients are matmuls either way."""
     return nn.Conv(
         features,
         (3, 3),
@@ -28,16 +30,11 @@ def _conv3x3(features, name, dtype, stride=1, kernel_init=_RELU_FAN_OUT, conv_fn
         padding=((1, 1), (1, 1)),
         dtype=dtype,
         kernel_init=kernel_init,
-        conv_general_dilated=conv_fn,
+        conv_general_dilated=functools.partial(
+            conv_ops.conv_general_dilated, forward_input_grad=forward_grads
+        ),
         name=name,
     )
-
-
-def _roi_conv3x3(features, name, dtype, matmul_grads: bool, stride=1):
-    """A 3x3 conv of the mask / MaskIoU head; matmul_grads: gradients as matmuls, which stay
-    fast inside the train step's `lax.switch` on XLA:CPU (msrcnn.ops.conv)."""
-    conv_fn = conv_ops.conv_general_dilated if matmul_grads else None
-    return _conv3x3(features, name, dtype, stride, conv_fn=conv_fn)
 
 
 class Upsample2x(nn.Module):
@@ -131,10 +128,20 @@ class RPNHead(nn.Module):
         init = nn.initializers.normal(0.01)
         conv = _conv3x3(features[0].shape[-1], "conv", self.dtype, kernel_init=init)
         cls = nn.Conv(
-            self.num_anchors, (1, 1), dtype=self.dtype, kernel_init=init, name="cls_logits"
+            self.num_anchors,
+            (1, 1),
+            dtype=self.dtype,
+            kernel_init=init,
+            conv_general_dilated=conv_ops.conv_general_dilated,
+            name="cls_logits",
         )
         box = nn.Conv(
-            4 * self.num_anchors, (1, 1), dtype=self.dtype, kernel_init=init, name="bbox_pred"
+            4 * self.num_anchors,
+            (1, 1),
+            dtype=self.dtype,
+            kernel_init=init,
+            conv_general_dilated=conv_ops.conv_general_dilated,
+            name="bbox_pred",
         )
         logits, deltas = [], []
         for x in features:
@@ -187,14 +194,14 @@ class MaskHead(nn.Module):
       num_classes: K foreground classes (one mask per class, no background mask).
       channels: width of the convs.
       dtype: computation dtype; logits are float32.
-      matmul_conv_grads: see MaskScoringRCNN.
+      forward_conv_grads: see MaskScoringRCNN.
     """
 
     num_classes: int
     channels: int = 256
     num_convs: int = 4
     dtype: Any = jnp.float32
-    matmul_conv_grads: bool = False
+    forward_conv_grads: bool = False
 
     @nn.compact
     def __call__(self, roi_features, classes=None):
@@ -202,8 +209,8 @@ class MaskHead(nn.Module):
         RoI's class: [R, 28, 28] (what training reads, at a fraction of the work)."""
         x = roi_features
         for i in range(self.num_convs):
-            conv = _roi_conv3x3(
-                self.channels, f"mask_fcn{i + 1}", self.dtype, self.matmul_conv_grads
+            conv = _conv3x3(
+                self.channels, f"mask_fcn{i + 1}", self.dtype, forward_grads=self.forward_conv_grads
             )
             x = nn.relu(conv(x))
         # The upsampling's depth-to-space moves every channel; the 1x1 logits conv and the
@@ -225,24 +232,26 @@ class MaskIoUHead(nn.Module):
         class column.
       channels: conv width; hidden: FC width.
       dtype: computation dtype; output is float32.
-      matmul_conv_grads: see MaskScoringRCNN.
+      forward_conv_grads: see MaskScoringRCNN.
     """
 
     num_classes: int
     channels: int = 256
     hidden: int = 1024
     dtype: Any = jnp.float32
-    matmul_conv_grads: bool = False
+    forward_conv_grads: bool = False
 
     @nn.compact
     def __call__(self, roi_features, mask_probs):
         """[R, 14, 14, C] features, [R, 28, 28] mask probabilities -> MaskIoU [R, K]."""
         pooled = nn.max_pool(mask_probs[..., None], (2, 2), strides=(2, 2))  # [R, 14, 14, 1]
         x = jnp.concatenate([roi_features.astype(self.dtype), pooled.astype(self.dtype)], -1)
-        conv = functools.partial(_roi_conv3x3, self.channels, dtype=self.dtype)
+        conv = functools.partial(
+            _conv3x3, self.channels, dtype=self.dtype, forward_grads=self.forward_conv_grads
+        )
         for i in range(3):
-            x = nn.relu(conv(f"maskiou_fcn{i + 1}", matmul_grads=self.matmul_conv_grads)(x))
-        x = nn.relu(conv("maskiou_fcn4", matmul_grads=self.matmul_conv_grads, stride=2)(x))  # 7x7
+            x = nn.relu(conv(f"maskiou_fcn{i + 1}")(x))
+        x = nn.relu(conv("maskiou_fcn4", stride=2)(x))  # 7x7
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(
             nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_FC_INIT, name="maskiou_fc1")(x)

@@ -47,9 +47,10 @@ class MaskScoringRCNN(nn.Module):
       mask_scoring: build the MaskIoU head (False -> plain Mask R-CNN).
       dtype: computation dtype (bfloat16 on accelerators); parameters are float32 and every
         head's output is float32.
-      matmul_conv_grads: the mask and MaskIoU heads' 3x3 convs take their gradients as
-        matmuls (`msrcnn.ops.conv`): set by the train step where the heads run inside a
-        `lax.switch`; same parameters, values and gradients up to float rounding.
+      forward_conv_grads: the mask and MaskIoU heads' 3x3 convs compute their input
+        gradients with forward ops (`msrcnn.ops.conv`): set by the train step where the heads
+        run inside a `lax.switch`; same parameters, values and gradients up to float
+        rounding. (Every conv of the model takes its kernel gradient as matmuls.)
     """
 
     num_classes: int
@@ -64,7 +65,7 @@ class MaskScoringRCNN(nn.Module):
     mask_convs: int = 4
     mask_scoring: bool = True
     dtype: Any = jnp.float32
-    matmul_conv_grads: bool = False
+    forward_conv_grads: bool = False
 
     def setup(self):
         self.backbone = ResNet(
@@ -83,7 +84,7 @@ class MaskScoringRCNN(nn.Module):
             self.fpn_channels,
             self.mask_convs,
             dtype=self.dtype,
-            matmul_conv_grads=self.matmul_conv_grads,
+            forward_conv_grads=self.forward_conv_grads,
         )
         if self.mask_scoring:
             self.maskiou_head = MaskIoUHead(
@@ -91,7 +92,7 @@ class MaskScoringRCNN(nn.Module):
                 self.fpn_channels,
                 self.box_hidden,
                 dtype=self.dtype,
-                matmul_conv_grads=self.matmul_conv_grads,
+                forward_conv_grads=self.forward_conv_grads,
             )
 
     def pyramid(self, images, train: bool = False) -> dict[str, jax.Array]:

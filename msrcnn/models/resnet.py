@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from msrcnn.models.norm import norm_layer
+from msrcnn.ops import conv as conv_ops
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
@@ -32,6 +33,7 @@ def conv(features, kernel, stride=1, name=None, dtype=jnp.float32, use_bias=Fals
         use_bias=use_bias,
         dtype=dtype,
         kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+        conv_general_dilated=conv_ops.conv_general_dilated,  # matmul kernel gradients
         name=name,
     )
 

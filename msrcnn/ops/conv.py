@@ -1,16 +1,20 @@
-"""3x3 convolution (padding 1, stride 1 or 2) with its gradients written as forward ops.
+"""Convolution (NHWC / HWIO, square stride, symmetric padding) with its kernel gradient as
+matmuls, and optionally its input gradient as forward ops.
 
-Same values and gradients as `lax.conv_general_dilated`, formulated differently: the kernel
-gradient is dK[i, j] = sum over pixels of x_padded[shifted by (i, j)]^T dy, one
-[C, N*H*W] x [N*H*W, O] matmul per kernel tap; the input gradient is a forward conv with the
-rotated kernel (stride 1) or nine matmuls spread back to the input grid (stride 2).
+Same values and gradients as `lax.conv_general_dilated` up to float rounding, formulated
+differently in the backward:
+  * kernel gradient: dK[i, j] = sum over output pixels of x_padded[at tap (i, j)]^T dy, one
+    [C, N*H'*W'] x [N*H'*W', O] matmul per kernel tap (one matmul for a 1x1 conv);
+  * input gradient: XLA's own transposed convolution, or (`forward_input_grad`) a forward conv
+    with the rotated kernel (stride 1) or one matmul per tap spread back to the input grid.
 
-Why: the mask branch runs inside a `lax.switch` (`msrcnn.ops.slot_buckets`), and there
-XLA:CPU's own gradient convolutions fall off its fast (YNNPACK) path: the kernel gradient of a
-3x3 conv on [128, 14, 14, 256] takes ~130x longer than at top level, the input gradient
-several times longer.
-Written as above both stay as fast as at top level (kernel gradient 0.28 s inside a cond vs
-0.31 s for XLA's at top level, 2 cores).
+Why: XLA:CPU computes kernel gradients as convolutions whose reduction runs over the pixels,
+and those run far below its matmul speed (2 cores, AVX-512: a 1x1 conv's kernel gradient on
+[1, 128, 128, 256] 144 ms, its single matmul 12 ms; 3x3 kernel gradients 90-200 GFLOP/s vs
+~260 for a matmul). Inside a `lax.switch` (the train step's mask branch,
+`msrcnn.ops.slot_buckets`) its gradient convolutions fall off the fast (YNNPACK) path
+altogether (the kernel gradient of a 3x3 conv on [128, 14, 14, 256] ~130x slower than at top
+level, the input gradient several times slower), hence the forward-op input gradient there.
 """
 
 from __future__ import annotations
@@ -24,67 +28,87 @@ from jax import lax
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def _conv(x, kernel, stride):
-    return lax.conv_general_dilated(
-        x, kernel, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=_NHWC
-    )
+def _conv(x, kernel, stride: int, padding: int):
+    pads = ((padding, padding), (padding, padding))
+    return lax.conv_general_dilated(x, kernel, (stride, stride), pads, dimension_numbers=_NHWC)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv3x3(x, kernel, stride: int = 1):
-    """x [N, H, W, C], kernel [3, 3, C, O] -> [N, ceil(H / s), ceil(W / s), O], padding 1."""
-    return _conv(x, kernel, stride)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv(x, kernel, stride: int = 1, padding: int = 0, forward_input_grad: bool = False):
+    """x [N, H, W, C], kernel [kh, kw, C, O] -> [N, H', W', O] with H' = (H + 2p - kh) // s + 1.
+
+    forward_input_grad: compute the input gradient with forward ops (needed inside a
+    conditional on XLA:CPU); otherwise XLA's transposed convolution.
+    """
+    return _conv(x, kernel, stride, padding)
 
 
-def _conv3x3_fwd(x, kernel, stride):
-    return _conv(x, kernel, stride), (x, kernel)
+def _conv_fwd(x, kernel, stride, padding, forward_input_grad):
+    return _conv(x, kernel, stride, padding), (x, kernel)
 
 
-def _conv3x3_bwd(stride, residuals, dy):
+def _conv_bwd(stride, padding, forward_input_grad, residuals, dy):
     x, kernel = residuals
-    _, h_out, w_out, out_ch = dy.shape
-    in_ch = x.shape[-1]
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    dkernel = kernel_gradient(x, dy, kernel.shape, stride, padding).astype(kernel.dtype)
+    if forward_input_grad:
+        dx = _input_gradient_as_forward_ops(dy, kernel, x.shape, stride, padding)
+    else:
+        _, pullback = jax.vjp(lambda x: _conv(x, kernel, stride, padding), x)
+        (dx,) = pullback(dy)
+    return dx.astype(x.dtype), dkernel
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _tap_window(padded, i: int, j: int, stride: int, h_out: int, w_out: int):
+    """Padded input pixels that tap (i, j) of every output pixel reads: [N, H', W', C]."""
+    rows = slice(i, i + stride * (h_out - 1) + 1, stride)
+    cols = slice(j, j + stride * (w_out - 1) + 1, stride)
+    return padded[:, rows, cols]
+
+
+def kernel_gradient(x, dy, kernel_shape, stride: int, padding: int):
+    """dL/dK [kh, kw, C, O] (float32) of `conv` from its input x and output gradient dy."""
+    kh, kw, in_ch, out_ch = kernel_shape
+    _, h_out, w_out, _ = dy.shape
+    padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     dy_rows = dy.reshape(-1, out_ch)  # [N * H' * W', O]
-    kernel_taps = []
-    for i in range(3):
-        for j in range(3):
-            # Input pixels that tap (i, j) of every output pixel read: [N, H', W', C].
-            window = padded[:, i : i + stride * h_out : stride, j : j + stride * w_out : stride]
-            rows = window.reshape(-1, in_ch)
-            kernel_taps.append(jnp.dot(rows.T, dy_rows, preferred_element_type=jnp.float32))
-    dkernel = jnp.stack(kernel_taps).reshape(kernel.shape).astype(kernel.dtype)
-    return _input_gradient(dy, kernel, x.shape, stride), dkernel
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            rows = _tap_window(padded, i, j, stride, h_out, w_out).reshape(-1, in_ch)
+            taps.append(jnp.dot(rows.T, dy_rows, preferred_element_type=jnp.float32))
+    return jnp.stack(taps).reshape(kernel_shape)
 
 
-def _input_gradient(dy, kernel, x_shape, stride):
-    """dL/dx of the padding-1 3x3 conv, written as forward ops (XLA:CPU's own transposed
-    convolution falls off its fast path inside a conditional)."""
-    if stride == 1:
-        # A stride-1 conv's input gradient is the conv of dy with the kernel rotated by 180
-        # degrees and its in / out channels swapped.
+def _input_gradient_as_forward_ops(dy, kernel, x_shape, stride: int, padding: int):
+    """dL/dx of `conv` written as forward ops (XLA:CPU's transposed convolution falls off its
+    fast path inside a conditional)."""
+    kh, kw = kernel.shape[:2]
+    if stride == 1 and kh == kw == 2 * padding + 1:
+        # A stride-1 'same' conv's input gradient is the conv of dy with the kernel rotated by
+        # 180 degrees and its in / out channels swapped.
         flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-        return _conv(dy, flipped, 1).astype(dy.dtype)
-    # Strided: each tap (i, j) sends dy[h, w] @ kernel[i, j].T to padded input pixel
-    # (s*h + i, s*w + j); spread with interior padding, then drop the 1-pixel border.
+        return _conv(dy, flipped, 1, padding)
+    # Otherwise each tap (i, j) sends dy[h, w] @ kernel[i, j].T to padded input pixel
+    # (s*h + i, s*w + j): spread with interior padding, sum, then drop the border.
     n, h, w, in_ch = x_shape
     h_out, w_out = dy.shape[1:3]
+    hp, wp = h + 2 * padding, w + 2 * padding
     zero = jnp.zeros((), jnp.float32)
-    total = jnp.zeros((n, h + 2, w + 2, in_ch), jnp.float32)
-    for i in range(3):
-        for j in range(3):
+    total = jnp.zeros((n, hp, wp, in_ch), jnp.float32)
+    for i in range(kh):
+        for j in range(kw):
             part = jnp.dot(dy, kernel[i, j].T, preferred_element_type=jnp.float32)
             config = [
                 (0, 0, 0),
-                (i, h + 2 - i - (stride * (h_out - 1) + 1), stride - 1),
-                (j, w + 2 - j - (stride * (w_out - 1) + 1), stride - 1),
+                (i, hp - i - (stride * (h_out - 1) + 1), stride - 1),
+                (j, wp - j - (stride * (w_out - 1) + 1), stride - 1),
                 (0, 0, 0),
             ]
-            total = total + jax.lax.pad(part, zero, config)
-    return total[:, 1 : h + 1, 1 : w + 1].astype(dy.dtype)
-
-
-conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+            total = total + lax.pad(part, zero, config)
+    return total[:, padding : padding + h, padding : padding + w]
 
 
 def conv_general_dilated(
@@ -97,16 +121,17 @@ def conv_general_dilated(
     dimension_numbers=None,
     feature_group_count=1,
     precision=None,
+    *,
+    forward_input_grad: bool = False,
 ):
     """`lax.conv_general_dilated`'s signature for `flax.linen.Conv(conv_general_dilated=...)`.
 
-    Takes the `conv3x3` path for 3x3, padding 1, stride 1 or 2, NHWC / HWIO, no dilation or
-    groups (every conv of the mask and MaskIoU heads), and `lax` otherwise.
+    Takes the `conv` path for NHWC / HWIO, equal strides, equal symmetric padding, no dilation
+    or groups (every conv of the model), and `lax` otherwise. Bind `forward_input_grad` with
+    functools.partial.
     """
     plain = (
-        rhs.shape[:2] == (3, 3)
-        and tuple(window_strides) in ((1, 1), (2, 2))
-        and [tuple(p) for p in padding] == [(1, 1), (1, 1)]
+        len(set(window_strides)) == 1
         and all(d == 1 for d in (lhs_dilation or (1, 1)))
         and all(d == 1 for d in (rhs_dilation or (1, 1)))
         and feature_group_count == 1
@@ -115,7 +140,11 @@ def conv_general_dilated(
         == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
     )
     if plain:
-        return conv3x3(lhs, rhs, window_strides[0])
+        pads = padding
+        if isinstance(pads, str):  # "SAME" / "VALID" as explicit (low, high) pairs
+            pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, pads)
+        if len({p for pair in pads for p in pair}) == 1:
+            return conv(lhs, rhs, window_strides[0], pads[0][0], forward_input_grad)
     return lax.conv_general_dilated(
         lhs,
         rhs,

@@ -1,5 +1,6 @@
-"""msrcnn.ops.conv: the RoI heads' 3x3 conv equals lax's in values and both gradients, at top
-level and inside lax.cond, and slots into flax's nn.Conv."""
+"""msrcnn.ops.conv: equals lax's convolution in values and both gradients (kernel gradient as
+matmuls, input gradient from XLA or as forward ops), at top level and inside lax.cond, and
+slots into flax's nn.Conv."""
 
 import flax.linen as nn
 import jax
@@ -10,42 +11,60 @@ import pytest
 from msrcnn.ops import conv
 
 
-def _lax_conv(x, kernel, stride):
+def _lax_conv(x, kernel, stride, padding):
+    pads = ((padding, padding), (padding, padding))
     return jax.lax.conv_general_dilated(
-        x, kernel, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        x, kernel, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
 
 
-def _inputs(h, w, in_ch=5, out_ch=4, seed=0):
+def _inputs(h, w, size=3, in_ch=5, out_ch=4, seed=0):
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.normal(size=(2, h, w, in_ch)), jnp.float32)
-    kernel = jnp.asarray(rng.normal(size=(3, 3, in_ch, out_ch)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(size, size, in_ch, out_ch)), jnp.float32)
     return x, kernel
 
 
+# (kernel size, padding): the model's 1x1 / 3x3 / 7x7 'same' convs, and a 'valid' one.
+KERNELS = [(1, 0), (3, 1), (7, 3), (3, 0)]
+
+
+@pytest.mark.parametrize("forward_input_grad", [False, True])
+@pytest.mark.parametrize("size, padding", KERNELS)
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("hw", [(14, 14), (9, 7), (1, 2)])
-def test_values_and_gradients_match_lax(stride, hw):
-    x, kernel = _inputs(*hw)
+def test_values_and_gradients_match_lax(stride, size, padding, forward_input_grad):
+    x, kernel = _inputs(9, 7, size=size)  # odd, unequal sides: strided windows end early
+    out = _lax_conv(x, kernel, stride, padding)
     # A non-linear read-out so that every output pixel gets its own cotangent.
-    readout = jnp.asarray(np.random.default_rng(1).normal(size=_lax_conv(x, kernel, stride).shape))
+    readout = jnp.asarray(np.random.default_rng(1).normal(size=out.shape))
+    ours = lambda x, k: conv.conv(x, k, stride, padding, forward_input_grad)
+    theirs = lambda x, k: _lax_conv(x, k, stride, padding)
 
     def loss(fn):
-        return lambda x, k: jnp.sum(jnp.sin(fn(x, k, stride)) * readout)
+        return lambda x, k: jnp.sum(jnp.sin(fn(x, k)) * readout)
 
-    np.testing.assert_allclose(conv.conv3x3(x, kernel, stride), _lax_conv(x, kernel, stride))
-    want = jax.grad(loss(_lax_conv), (0, 1))(x, kernel)
-    got = jax.jit(jax.grad(loss(conv.conv3x3), (0, 1)))(x, kernel)
+    np.testing.assert_allclose(ours(x, kernel), out, rtol=1e-6, atol=1e-5)
+    want = jax.grad(loss(theirs), (0, 1))(x, kernel)
+    got = jax.jit(jax.grad(loss(ours), (0, 1)))(x, kernel)
     for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
+
+
+def test_kernel_gradient_by_hand():
+    # One input channel of ones on a 2x2 image, 3x3 kernel, padding 1, dy = 1 everywhere:
+    # tap (i, j) sees as many in-image pixels as output pixels whose shifted window is inside.
+    x = jnp.ones((1, 2, 2, 1))
+    dy = jnp.ones((1, 2, 2, 1))
+    got = conv.kernel_gradient(x, dy, (3, 3, 1, 1), 1, 1)[..., 0, 0]
+    np.testing.assert_array_equal(got, [[1, 2, 1], [2, 4, 2], [1, 2, 1]])
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_gradients_inside_cond_match_top_level(stride):
+def test_forward_input_gradients_inside_cond_match_top_level(stride):
     x, kernel = _inputs(14, 14)
 
     def loss(x, k):
-        return jnp.sum(jnp.tanh(conv.conv3x3(x, k, stride)))
+        return jnp.sum(jnp.tanh(conv.conv(x, k, stride, 1, True)))
 
     grad = jax.grad(loss, (0, 1))
     in_cond = jax.jit(
@@ -55,14 +74,17 @@ def test_gradients_inside_cond_match_top_level(stride):
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
 
 
-def test_bfloat16_gradients_keep_dtypes():
+@pytest.mark.parametrize("forward_input_grad", [False, True])
+def test_bfloat16_gradients_keep_dtypes(forward_input_grad):
     x, kernel = _inputs(14, 14)
     x16, k16 = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
-    dx, dk = jax.grad(lambda x, k: jnp.sum(conv.conv3x3(x, k).astype(jnp.float32)), (0, 1))(
-        x16, k16
-    )
+
+    def loss(x, k):
+        return jnp.sum(conv.conv(x, k, 1, 1, forward_input_grad).astype(jnp.float32))
+
+    dx, dk = jax.grad(loss, (0, 1))(x16, k16)
     assert dx.dtype == jnp.bfloat16 and dk.dtype == jnp.bfloat16
-    want = jax.grad(lambda k: jnp.sum(_lax_conv(x16, k, 1).astype(jnp.float32)))(k16)
+    want = jax.grad(lambda k: jnp.sum(_lax_conv(x16, k, 1, 1).astype(jnp.float32)))(k16)
     np.testing.assert_allclose(
         np.asarray(dk, np.float32), np.asarray(want, np.float32), rtol=2e-2, atol=0.5
     )
@@ -73,17 +95,21 @@ def test_bfloat16_gradients_keep_dtypes():
     [
         (dict(kernel_size=(3, 3), padding=((1, 1), (1, 1))), True),
         (dict(kernel_size=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1))), True),
-        (dict(kernel_size=(1, 1)), False),
-        (dict(kernel_size=(3, 3), padding="VALID"), False),
+        (dict(kernel_size=(1, 1)), True),  # padding "SAME"
+        (dict(kernel_size=(3, 3), padding="VALID"), True),
+        (dict(kernel_size=(3, 3), padding=((1, 0), (1, 1))), False),  # asymmetric
+        (dict(kernel_size=(3, 3), kernel_dilation=2), False),
+        (dict(kernel_size=(3, 3), feature_group_count=5, padding="SAME"), False),
     ],
 )
 def test_flax_conv_adapter(kwargs, uses_custom, monkeypatch):
     calls = []
-    original = conv.conv3x3
-    monkeypatch.setattr(conv, "conv3x3", lambda *a: calls.append(1) or original(*a))
+    original = conv.conv
+    monkeypatch.setattr(conv, "conv", lambda *a: calls.append(1) or original(*a))
     x, _ = _inputs(14, 14)
-    reference = nn.Conv(4, **kwargs)
-    custom = nn.Conv(4, conv_general_dilated=conv.conv_general_dilated, **kwargs)
+    features = 5 if kwargs.get("feature_group_count") else 4
+    reference = nn.Conv(features, **kwargs)
+    custom = nn.Conv(features, conv_general_dilated=conv.conv_general_dilated, **kwargs)
     variables = reference.init(jax.random.key(0), x)
     want = jax.grad(lambda v: jnp.sum(reference.apply(v, x) ** 2))(variables)
     got = jax.grad(lambda v: jnp.sum(custom.apply(v, x) ** 2))(variables)
