@@ -8,9 +8,13 @@ slot counts ("buckets") that holds every filled slot, runs the computation on th
 the full slot count with zeros. Results equal running on every slot wherever the caller
 reads them (the filled slots).
 
-Differentiable with respect to `shared` (parameters, feature maps). The backward pass runs
-the chosen bucket again under `jax.vjp` instead of keeping residuals: differentiating through
-`lax.switch` would store every branch's residuals at the largest size and zero-fill them.
+Differentiable with respect to `shared` (parameters, feature maps). Differentiating through
+`lax.switch` itself would make every branch output every other branch's residuals,
+zero-filled. Instead a custom VJP runs the chosen bucket under `jax.vjp` in the forward and
+returns its pullback's residuals padded to the largest bucket's shapes (one set of buffers);
+the backward switch slices them back and calls that bucket's pullback. Where the buckets'
+residuals do not line up leaf for leaf (a computation whose structure depends on the slot
+count), the backward recomputes the chosen bucket instead.
 """
 
 from __future__ import annotations
@@ -69,11 +73,45 @@ def run_filled_slots(fn: Callable, shared, per_slot, filled: jax.Array, buckets:
     buckets = tuple(buckets)
     if len(buckets) == 1:
         return fn(shared, per_slot)
-    return _run(fn, buckets, shared, per_slot, filled)
+    layouts = _residual_layouts(fn, buckets, shared, per_slot)
+    return _run(fn, buckets, layouts, shared, per_slot, filled)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _run(fn, buckets, shared, per_slot, filled):
+def _bucket_vjp(fn, size, shared, per_slot):
+    """(outputs on the first `size` slots, their pullback with respect to `shared`)."""
+    return jax.vjp(lambda s: fn(s, _prefix(per_slot, size)), shared)
+
+
+def _residual_layouts(fn, buckets, shared, per_slot):
+    """Per bucket (pullback treedef, residual leaf shapes) and the padded shapes they share,
+    or None when the buckets' residuals do not correspond leaf for leaf."""
+    per_bucket = []
+    for size in buckets:
+        treedefs = []
+
+        def residuals(shared, per_slot, size=size, treedefs=treedefs):
+            leaves, treedef = jax.tree.flatten(_bucket_vjp(fn, size, shared, per_slot)[1])
+            treedefs.append(treedef)
+            return leaves
+
+        leaves = jax.eval_shape(residuals, shared, per_slot)
+        per_bucket.append(
+            (treedefs[0], tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves))
+        )
+    signatures = {tuple((x.ndim, x.dtype) for x in leaves) for _, leaves in per_bucket}
+    if len(signatures) != 1:
+        return None
+    padded = tuple(
+        jax.ShapeDtypeStruct(
+            tuple(max(dims) for dims in zip(*(x.shape for x in same), strict=True)), same[0].dtype
+        )
+        for same in zip(*(leaves for _, leaves in per_bucket), strict=True)
+    )
+    return tuple(per_bucket), padded
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _run(fn, buckets, layouts, shared, per_slot, filled):
     branches = [functools.partial(_forward_branch, fn, size, buckets[-1]) for size in buckets]
     return jax.lax.switch(_bucket_index(buckets, filled), branches, shared, per_slot)
 
@@ -82,20 +120,56 @@ def _forward_branch(fn, size, total, shared, per_slot):
     return _pad_slots(fn(shared, _prefix(per_slot, size)), total)
 
 
-def _run_fwd(fn, buckets, shared, per_slot, filled):
-    return _run(fn, buckets, shared, per_slot, filled), (shared, per_slot, filled)
+def _forward_keeping_branch(fn, size, total, padded, shared, per_slot):
+    outputs, pullback = _bucket_vjp(fn, size, shared, per_slot)
+    residuals = []
+    for leaf, target in zip(jax.tree.leaves(pullback), padded, strict=True):
+        leaf = jax.lax.convert_element_type(leaf, target.dtype)  # one weak type in all branches
+        residuals.append(
+            jnp.pad(leaf, [(0, t - n) for n, t in zip(leaf.shape, target.shape, strict=True)])
+        )
+    return _pad_slots(outputs, total), residuals
 
 
-def _backward_branch(fn, size, shared, per_slot, cotangent):
-    _, vjp = jax.vjp(lambda s: fn(s, _prefix(per_slot, size)), shared)
-    (d_shared,) = vjp(_prefix(cotangent, size))
+def _run_fwd(fn, buckets, layouts, shared, per_slot, filled):
+    index = _bucket_index(buckets, filled)
+    if layouts is None:
+        return _run(fn, buckets, layouts, shared, per_slot, filled), (shared, per_slot, index)
+    _, padded = layouts
+    branches = [
+        functools.partial(_forward_keeping_branch, fn, size, buckets[-1], padded)
+        for size in buckets
+    ]
+    outputs, residuals = jax.lax.switch(index, branches, shared, per_slot)
+    return outputs, (residuals, index)
+
+
+def _recomputing_branch(fn, size, shared, per_slot, cotangent):
+    (d_shared,) = _bucket_vjp(fn, size, shared, per_slot)[1](_prefix(cotangent, size))
     return d_shared
 
 
-def _run_bwd(fn, buckets, residuals, cotangent):
-    shared, per_slot, filled = residuals
-    branches = [functools.partial(_backward_branch, fn, size) for size in buckets]
-    d_shared = jax.lax.switch(_bucket_index(buckets, filled), branches, shared, per_slot, cotangent)
+def _stored_branch(size, layout, residuals, cotangent):
+    treedef, leaves = layout
+    unpadded = [
+        r[tuple(slice(0, n) for n in x.shape)] for r, x in zip(residuals, leaves, strict=True)
+    ]
+    (d_shared,) = jax.tree.unflatten(treedef, unpadded)(_prefix(cotangent, size))
+    return d_shared
+
+
+def _run_bwd(fn, buckets, layouts, residuals, cotangent):
+    if layouts is None:
+        shared, per_slot, index = residuals
+        branches = [functools.partial(_recomputing_branch, fn, size) for size in buckets]
+        d_shared = jax.lax.switch(index, branches, shared, per_slot, cotangent)
+    else:
+        stored, index = residuals
+        branches = [
+            functools.partial(_stored_branch, size, layout)
+            for size, layout in zip(buckets, layouts[0], strict=True)
+        ]
+        d_shared = jax.lax.switch(index, branches, stored, cotangent)
     # per_slot and filled are constants of the computation: zero cotangents.
     return d_shared, None, None
 

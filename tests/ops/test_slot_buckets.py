@@ -80,3 +80,48 @@ def test_one_trace_for_every_fill():
     for filled in range(S + 1):
         step(shared, jnp.int32(filled))
     assert len(calls) == 1
+
+
+def _structure_depends_on_slots(shared, slots):
+    """Adds an extra non-linear step for more than 4 slots: the buckets' pullbacks differ in
+    their residuals, so the backward must recompute the chosen bucket."""
+    out = _per_slot_fn(shared, slots)
+    if slots["x"].shape[1] > 4:
+        out["y"] = jnp.sin(out["y"])
+    return out
+
+
+def test_residuals_are_kept_when_buckets_line_up_else_recomputed():
+    shared, slots = _problem()
+    buckets = slot_buckets.slot_buckets(S, 4)
+    layouts = slot_buckets._residual_layouts(_per_slot_fn, buckets, shared, slots)
+    assert layouts is not None
+    # Padded to the largest bucket: slot-sized residuals have S slots.
+    assert any(x.shape[:2] == (B, S) for x in layouts[1])
+    assert (
+        slot_buckets._residual_layouts(_structure_depends_on_slots, buckets, shared, slots) is None
+    )
+
+
+@pytest.mark.parametrize("filled", [(3, 1), (2, 5), (12, 7)])
+def test_recomputing_backward_equals_every_slot(filled):
+    shared, slots = _problem()
+    most = max(filled)
+
+    def loss(shared, buckets):
+        out = slot_buckets.run_filled_slots(
+            _structure_depends_on_slots, shared, slots, jnp.int32(most), buckets
+        )
+        return jnp.sum(out["y"][:, :most] ** 2)
+
+    got = jax.jit(jax.grad(loss), static_argnums=1)(shared, slot_buckets.slot_buckets(S, 4))
+    # On every slot the extra step applies; the chosen bucket applies it only above 4 slots.
+    bucket = next(b for b in (4, 8, 12) if b >= most)
+    want_fn = _structure_depends_on_slots if bucket > 4 else _per_slot_fn
+
+    def want_loss(shared):
+        out = want_fn(shared, jax.tree.map(lambda x: x[:, :bucket], slots))
+        return jnp.sum(out["y"][:, :most] ** 2)
+
+    for g, w in zip(got, jax.grad(want_loss)(shared), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
