@@ -117,3 +117,15 @@ def test_flax_conv_adapter(kwargs, uses_custom, monkeypatch):
     np.testing.assert_allclose(custom.apply(variables, x), reference.apply(variables, x), atol=1e-5)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("forward_input_grad", [False, True])
+def test_empty_batch_gives_zero_kernel_gradient(forward_input_grad):
+    # No RoIs in a bucket / batch: the kernel gradient is a sum over nothing.
+    x = jnp.zeros((0, 14, 14, 5))
+    kernel = jnp.ones((3, 3, 5, 4))
+    dx, dk = jax.grad(lambda x, k: jnp.sum(conv.conv(x, k, 1, 1, forward_input_grad) ** 2), (0, 1))(
+        x, kernel
+    )
+    assert dx.shape == x.shape
+    np.testing.assert_array_equal(dk, np.zeros(kernel.shape))
