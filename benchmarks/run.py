@@ -1,7 +1,8 @@
 """One entry for the model benchmarks: msrcnn beside torchvision, one table, one JSON file.
 
     python -m benchmarks.run [--quick] [--sizes=512x512,800x800] [--batches=1,2]
-                             [--modes=train,inference] [--output=bench_out/run.json]
+                             [--modes=train,inference] [--rounds=1] [--malloc_hugepages]
+                             [--output=bench_out/run.json]
 
 Each case (mode x size x batch x framework / model) runs in its own process, so that the peak
 resident memory of that process (CPU) or the device's peak bytes in use (GPU) belong to that
@@ -18,6 +19,17 @@ Defaults: on CPU 512x512 (train, inference) and 800x800 (inference) at batch 1, 
 with all cores; on GPU 512x512, 800x800 and 800x1344 at batch 1, 2 and 8, bf16 (torchvision
 with bf16 autocast). --quick: train at 512x512 and inference at 800x800, batch 1, 3 runs.
 torchvision rows appear when torch and torchvision import.
+
+--rounds=N runs every case's processes N times, interleaved (msrcnn plain, msrcnn MS R-CNN,
+torchvision, then again), and reports the median of the N per-process medians, with the
+paired ratios of each round (`ratio_min` .. `ratio_max`): on a shared or throttled machine the
+speed drifts by more than the difference being measured, and interleaving exposes both
+frameworks to the same drift.
+
+--malloc_hugepages sets GLIBC_TUNABLES=glibc.malloc.hugetlb=1 for every case's process (both
+frameworks): glibc then asks for transparent huge pages on the memory it maps. XLA:CPU maps
+its temporaries afresh on every call (~1.6 GB per 512x512 train step: ~400,000 page faults
+with 4 KiB pages); torch's allocations are served from glibc's reused heap.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ import argparse
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +55,8 @@ COLUMNS = [
     "median_ms",
     "images_per_s",
     "ratio",
+    "ratio_min",
+    "ratio_max",
     "compile_s",
     "traces",
     "peak_mem_gib",
@@ -62,7 +77,27 @@ def default_cases(backend: str, quick: bool) -> list[tuple[str, str, int]]:
     return [(m, s, b) for m in ("train", "inference") for s in sizes for b in batches]
 
 
-def run_case(mode: str, size: str, batch: int, framework: str, extra: list[str], runs: int):
+HUGEPAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def child_environment(malloc_hugepages: bool) -> dict[str, str]:
+    """The case processes' environment: ours, plus the huge-page tunable when asked."""
+    env = dict(os.environ)
+    if malloc_hugepages:
+        tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+        env["GLIBC_TUNABLES"] = ":".join([*tunables, HUGEPAGES_TUNABLE])
+    return env
+
+
+def run_case(
+    mode: str,
+    size: str,
+    batch: int,
+    framework: str,
+    extra: list[str],
+    runs: int,
+    env: dict[str, str] | None = None,
+):
     """Runs one case in a child process -> its rows, with the child's peak memory."""
     with tempfile.TemporaryDirectory() as tmp:
         output = os.path.join(tmp, "result.json")
@@ -78,7 +113,7 @@ def run_case(mode: str, size: str, batch: int, framework: str, extra: list[str],
             *extra,
         ]
         proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
         log = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)
@@ -93,6 +128,49 @@ def run_case(mode: str, size: str, batch: int, framework: str, extra: list[str],
         # On a GPU the device's own peak (set by the child); on CPU the child's peak RSS
         # (ru_maxrss is in KiB on Linux).
         row["peak_mem_gib"] = row.get("peak_device_gib") or usage.ru_maxrss / 2**20
+    return rows
+
+
+def _row_key(row: dict) -> tuple:
+    detector_only = "detector only" in row.get("note", "")
+    return (
+        row["mode"],
+        row["size"],
+        row["batch"],
+        row["framework"],
+        row.get("model"),
+        detector_only,
+    )
+
+
+def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """Rows of N rounds of the same cases -> one row per case: the median of the rounds'
+    medians (`rounds_ms` keeps each), the largest peak memory, the first round's compile time,
+    and per-round msrcnn / torchvision ratios as `ratio_min` / `ratio_max` (N > 1)."""
+    combined: dict[tuple, dict] = {}
+    for rows in rounds:
+        for row in rows:
+            key = _row_key(row)
+            if key not in combined:
+                combined[key] = {**row, "rounds_ms": []}
+            first = combined[key]
+            first["rounds_ms"].append(row["median_ms"])
+            first["peak_mem_gib"] = max(first["peak_mem_gib"], row["peak_mem_gib"])
+    for row in combined.values():
+        row["median_ms"] = statistics.median(row["rounds_ms"])
+        row["images_per_s"] = row["batch"] * 1000.0 / row["median_ms"]
+    rows = with_ratios(list(combined.values()))
+    if len(rounds) > 1:
+        reference = {
+            (r["mode"], r["size"], r["batch"]): r["rounds_ms"]
+            for r in rows
+            if r["framework"] == "torchvision"
+        }
+        for row in rows:
+            if "ratio" in row:
+                theirs = reference[(row["mode"], row["size"], row["batch"])]
+                paired = [a / b for a, b in zip(row["rounds_ms"], theirs, strict=False)]
+                row["ratio_min"], row["ratio_max"] = min(paired), max(paired)
     return rows
 
 
@@ -118,6 +196,10 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", default="", help="e.g. 1,2,8 (default: see doc)")
     parser.add_argument("--dtype", default="", help="float32 | bfloat16 (default: per backend)")
     parser.add_argument("--runs", type=int, default=0, help="timed runs per case")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repeats of all")
+    parser.add_argument(
+        "--malloc_hugepages", action="store_true", help=f"GLIBC_TUNABLES={HUGEPAGES_TUNABLE}"
+    )
     parser.add_argument("--no_torchvision", action="store_true")
     parser.add_argument("--output", default="bench_out/run.json")
     args = parser.parse_args(argv)
@@ -135,21 +217,28 @@ def main(argv=None) -> None:
     runs = args.runs or (3 if args.quick else 5)
     torchvision = _has_torchvision() and not args.no_torchvision
 
-    rows = []
-    for mode, size, batch in cases:
-        variants = [("msrcnn", ["--plain"]), ("msrcnn", [])]
-        if torchvision:
-            variants.append(("torchvision", []))
-        for framework, extra in variants:
-            new = run_case(mode, size, batch, framework, [f"--dtype={dtype}", *extra], runs)
-            rows += new
-            for row in new:
-                print(
-                    f"{mode} {size} x{batch} {framework} {row.get('model')}: "
-                    f"{row['median_ms']:.1f} ms ({row.get('note', '')})",
-                    flush=True,
+    env = child_environment(args.malloc_hugepages)
+    rounds = []
+    for round_index in range(args.rounds):
+        rows = []
+        for mode, size, batch in cases:
+            variants = [("msrcnn", ["--plain"]), ("msrcnn", [])]
+            if torchvision:
+                variants.append(("torchvision", []))
+            for framework, extra in variants:
+                new = run_case(
+                    mode, size, batch, framework, [f"--dtype={dtype}", *extra], runs, env
                 )
-    rows = with_ratios(rows)
+                rows += new
+                for row in new:
+                    print(
+                        f"round {round_index + 1}/{args.rounds} {mode} {size} x{batch} "
+                        f"{framework} {row.get('model')}: {row['median_ms']:.1f} ms "
+                        f"({row.get('note', '')})",
+                        flush=True,
+                    )
+        rounds.append(rows)
+    rows = combine_rounds(rounds)
     shown = [r for r in rows if "detector only" not in r.get("note", "")]
     timing.report(rows, COLUMNS, args.output, args, shown=shown)
 
