@@ -146,45 +146,47 @@ def _row_key(row: dict) -> tuple:
 def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
     """Rows of N rounds of the same cases -> one row per case: the median of the rounds'
     medians (`rounds_ms` keeps each), the largest peak memory, the first round's compile time,
-    and per-round msrcnn / torchvision ratios as `ratio_min` / `ratio_max` (N > 1)."""
+    and msrcnn / torchvision ratios of the rounds where both ran as `ratio_min` /
+    `ratio_max` (N > 1; a case that failed in a round is missing from that round only)."""
     combined: dict[tuple, dict] = {}
-    for rows in rounds:
+    for round_index, rows in enumerate(rounds):
         for row in rows:
-            key = _row_key(row)
-            if key not in combined:
-                combined[key] = {**row, "rounds_ms": []}
-            first = combined[key]
-            first["rounds_ms"].append(row["median_ms"])
+            first = combined.setdefault(_row_key(row), {**row, "rounds": {}})
+            first["rounds"][round_index] = row["median_ms"]
             first["peak_mem_gib"] = max(first["peak_mem_gib"], row["peak_mem_gib"])
     for row in combined.values():
+        by_round = row.pop("rounds")
+        row["rounds_ms"] = list(by_round.values())
         row["median_ms"] = statistics.median(row["rounds_ms"])
         row["images_per_s"] = row["batch"] * 1000.0 / row["median_ms"]
+        row["_by_round"] = by_round
     rows = with_ratios(list(combined.values()))
-    if len(rounds) > 1:
-        reference = {
-            (r["mode"], r["size"], r["batch"]): r["rounds_ms"]
-            for r in rows
-            if r["framework"] == "torchvision"
-        }
-        for row in rows:
-            if "ratio" in row:
-                theirs = reference[(row["mode"], row["size"], row["batch"])]
-                paired = [a / b for a, b in zip(row["rounds_ms"], theirs, strict=False)]
-                row["ratio_min"], row["ratio_max"] = min(paired), max(paired)
+    references = _torchvision_rows(rows)
+    for row in rows:
+        if len(rounds) > 1 and "ratio" in row:
+            mine, theirs = row["_by_round"], references[_case(row)]["_by_round"]
+            paired = [mine[i] / theirs[i] for i in mine if i in theirs]
+            row["ratio_min"], row["ratio_max"] = min(paired), max(paired)
+    for row in rows:
+        del row["_by_round"]
     return rows
+
+
+def _case(row: dict) -> tuple:
+    return (row["mode"], row["size"], row["batch"])
+
+
+def _torchvision_rows(rows: list[dict]) -> dict[tuple, dict]:
+    return {_case(r): r for r in rows if r["framework"] == "torchvision"}
 
 
 def with_ratios(rows: list[dict]) -> list[dict]:
     """Adds msrcnn time / torchvision time for the same mode, size and batch."""
-    reference = {
-        (r["mode"], r["size"], r["batch"]): r["median_ms"]
-        for r in rows
-        if r["framework"] == "torchvision"
-    }
+    references = _torchvision_rows(rows)
     for row in rows:
-        ref = reference.get((row["mode"], row["size"], row["batch"]))
+        ref = references.get(_case(row))
         if row["framework"] == "msrcnn" and ref and "detector only" not in row.get("note", ""):
-            row["ratio"] = row["median_ms"] / ref
+            row["ratio"] = row["median_ms"] / ref["median_ms"]
     return rows
 
 

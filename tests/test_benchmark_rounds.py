@@ -65,3 +65,17 @@ def test_hugepage_tunable_is_appended_to_existing_tunables(monkeypatch):
     )
     monkeypatch.delenv("GLIBC_TUNABLES")
     assert run.child_environment(True)["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+
+
+def test_a_case_missing_from_a_round_pairs_only_the_rounds_where_both_ran():
+    # torchvision failed in round 2 (run_case returns no rows): round 3's msrcnn time must
+    # be paired with round 3's torchvision time, not round 2's.
+    rounds = [
+        [_row("torchvision", "Mask R-CNN", 3000.0, 2.0), _row("msrcnn", "Mask R-CNN", 1500.0, 4)],
+        [_row("msrcnn", "Mask R-CNN", 9000.0, 4.0)],
+        [_row("torchvision", "Mask R-CNN", 2000.0, 2.0), _row("msrcnn", "Mask R-CNN", 1600.0, 4)],
+    ]
+    theirs, mine = run.combine_rounds(rounds)
+    assert mine["rounds_ms"] == [1500.0, 9000.0, 1600.0] and theirs["rounds_ms"] == [3000.0, 2000.0]
+    assert mine["ratio_min"] == pytest.approx(0.5) and mine["ratio_max"] == pytest.approx(0.8)
+    assert "_by_round" not in mine and "_by_round" not in theirs
