@@ -129,3 +129,55 @@ def test_empty_batch_gives_zero_kernel_gradient(forward_input_grad):
     )
     assert dx.shape == x.shape
     np.testing.assert_array_equal(dk, np.zeros(kernel.shape))
+
+
+# (kernel size, padding, stride, chunk bytes): chunks of whole images (a 5-channel 9x7
+# float32 image padded is <= 1 KiB) and bands of rows, bands not dividing the output rows
+# (zero-padded), strided bands, a 'valid' conv, a 7x7 kernel.
+CHUNKS = [
+    (3, 1, 1, 1500),
+    (3, 1, 1, 700),
+    (3, 1, 2, 300),
+    (3, 0, 1, 150),
+    (7, 3, 1, 400),
+    (7, 3, 2, 1000),
+]
+
+
+@pytest.mark.parametrize("size, padding, stride, chunk_bytes", CHUNKS)
+def test_chunked_kernel_gradient_matches_lax(size, padding, stride, chunk_bytes):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(6, 9, 7, 5)), jnp.float32)
+    kernel_shape = (size, size, 5, 4)
+    assert x.size * 4 > 2 * chunk_bytes  # the chunked path, not the plain one
+    out_shape = _lax_conv(x, jnp.zeros(kernel_shape), stride, padding).shape
+    dy = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
+    _, pullback = jax.vjp(lambda k: _lax_conv(x, k, stride, padding), jnp.zeros(kernel_shape))
+    (want,) = pullback(dy)
+    got = jax.jit(
+        lambda x, dy: conv.kernel_gradient(x, dy, kernel_shape, stride, padding, chunk_bytes)
+    )(x, dy)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_gradient_chunks_large_inputs_only(monkeypatch):
+    # conv's backward takes the chunked kernel gradient (a loop) for inputs over twice
+    # CHUNK_BYTES on CPU, never for 1x1 kernels, and with the same values.
+    x, kernel = _inputs(9, 7)  # 2520 bytes
+
+    def grads(k, x):  # a new function each time: no trace cached across CHUNK_BYTES values
+        loss = lambda k: jnp.sum(jnp.sin(conv.conv(x, k, 1, k.shape[0] // 2)))
+        return jax.jit(jax.grad(loss))(k)
+
+    def has_loop(k, x):
+        jaxpr = str(jax.make_jaxpr(lambda k, x: grads(k, x))(k, x))
+        return "scan" in jaxpr or "while" in jaxpr
+
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 1000)
+    assert has_loop(kernel, x) == (jax.default_backend() == "cpu")
+    assert not has_loop(kernel, x[:, :4])  # 1120 bytes: one pass
+    assert not has_loop(jnp.ones((1, 1, 5, 4)), x)
+    chunked = grads(kernel, x)
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 0)
+    assert not has_loop(kernel, x)
+    np.testing.assert_allclose(chunked, grads(kernel, x), rtol=1e-5, atol=1e-5)

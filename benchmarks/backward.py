@@ -1,0 +1,229 @@
+"""Forward vs backward of the train step's largest parts, msrcnn beside torchvision.
+
+    python -m benchmarks.backward [--size=512x512] [--runs=7] [--threads=0]
+                                  [--output=bench_out/backward.json]
+
+The whole train step (benchmarks.train_step) says how far apart the two frameworks are; this
+says where. Two components, each timed forward only and forward + backward, the backward
+being the difference:
+
+  * `backbone+FPN`: ResNet-50 with frozen BN, stem and res2 frozen, and the FPN (P2-P6), on
+    one image of --size, loss = mean of squares of every pyramid level (the gradient then
+    reaches every trainable conv, as the detection losses do). Same weights on both sides
+    (tests/seeded_weights.py). msrcnn: the model's `pyramid` under jit, frozen parameters as
+    constants (as msrcnn.train_step); torchvision: `_resnet_fpn_extractor(resnet50,
+    trainable_layers=3)`, forward under `torch.no_grad`.
+  * `conv3x3 256 @ P2`: one 3x3 conv 256 -> 256 at stride 4 of --size (the FPN's P2 output
+    conv and the RPN conv on P2, the largest convs of the step): forward, forward + kernel
+    gradient, forward + kernel and input gradients. msrcnn: `msrcnn.ops.conv.conv`, whose
+    kernel gradient is one matmul per tap; torchvision: `torch.nn.Conv2d` (oneDNN on CPU).
+
+Each figure is the median of --runs calls after two warm-up calls, torch with --threads
+threads (0: all cores, as XLA:CPU uses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from benchmarks import timing
+from tests import seeded_weights
+
+COLUMNS = [
+    "component",
+    "framework",
+    "forward_ms",
+    "backward_ms",
+    "forward_backward_ms",
+    "ratio_forward",
+    "ratio_backward",
+]
+
+
+def _image(height: int, width: int) -> np.ndarray:
+    """float32 [H, W, 3]: a normalised-looking image, the same on both sides."""
+    return np.random.default_rng(0).normal(0.0, 1.0, (height, width, 3)).astype(np.float32)
+
+
+def _row(component: str, framework: str, forward_s: float, both_s: float, **extra) -> dict:
+    return {
+        "component": component,
+        "framework": framework,
+        "forward_ms": forward_s * 1e3,
+        "forward_backward_ms": both_s * 1e3,
+        "backward_ms": (both_s - forward_s) * 1e3,
+        **extra,
+    }
+
+
+def msrcnn_rows(height: int, width: int, runs: int) -> list[dict]:
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.train_step import msrcnn_config
+    from msrcnn import config_lib, convert, optim
+    from msrcnn.models.ms_rcnn import MaskScoringRCNN
+    from msrcnn.ops import conv as conv_lib
+
+    config = msrcnn_config(height, width, 1, "float32", False)
+    model = config_lib.build_model(config)
+    variables, _ = convert.convert_torchvision_state_dict(seeded_weights.state_dict(), config)
+    params = jax.device_put(variables["params"])
+    frozen = optim.frozen_mask(params, config)
+    images = jnp.asarray(_image(height, width)[None])
+
+    def pyramid_loss(params, images):
+        params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
+        levels = model.apply({"params": params}, images, True, method=MaskScoringRCNN.pyramid)
+        return sum(jnp.mean(jnp.square(level)) for level in jax.tree.leaves(levels))
+
+    forward = jax.jit(pyramid_loss)
+    both = jax.jit(jax.value_and_grad(pyramid_loss))
+    rows = [
+        _row(
+            "backbone+FPN",
+            "msrcnn",
+            timing.time_fn(lambda: forward(params, images), runs, warmup=2).median_s,
+            timing.time_fn(lambda: both(params, images), runs, warmup=2).median_s,
+        )
+    ]
+
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(1, height // 4, width // 4, 256)).astype(np.float32))
+    kernel = jnp.asarray(rng.normal(0, 0.02, (3, 3, 256, 256)).astype(np.float32))
+
+    def conv_loss(kernel, x):
+        return jnp.mean(jnp.square(conv_lib.conv(x, kernel, 1, 1)))
+
+    conv_forward = jax.jit(conv_loss)
+    kernel_grad = jax.jit(jax.value_and_grad(conv_loss))
+    both_grads = jax.jit(jax.value_and_grad(conv_loss, argnums=(0, 1)))
+    conv_forward_s = timing.time_fn(lambda: conv_forward(kernel, x), runs, warmup=2).median_s
+    for name, fn in (("kernel grad", kernel_grad), ("kernel + input grads", both_grads)):
+        rows.append(
+            _row(
+                f"conv3x3 256 @ P2, {name}",
+                "msrcnn",
+                conv_forward_s,
+                timing.time_fn(lambda fn=fn: fn(kernel, x), runs, warmup=2).median_s,
+            )
+        )
+    return rows
+
+
+def torchvision_rows(height: int, width: int, runs: int, threads: int) -> list[dict]:
+    import torch
+    import torchvision
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import misc as misc_ops
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    resnet = torchvision.models.resnet50(weights=None, norm_layer=misc_ops.FrozenBatchNorm2d)
+    backbone = _resnet_fpn_extractor(resnet, trainable_layers=3)
+    prefix = "backbone."
+    state = {
+        k[len(prefix) :]: torch.from_numpy(np.asarray(v))
+        for k, v in seeded_weights.state_dict().items()
+        if k.startswith(prefix)
+    }
+    backbone.load_state_dict(state)
+    device = timing.torch_device()
+    backbone.to(device).train()
+    images = torch.from_numpy(_image(height, width)).permute(2, 0, 1)[None].to(device)
+
+    def sync(value):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return value
+
+    def pyramid_loss():
+        return sum(torch.mean(torch.square(level)) for level in backbone(images).values())
+
+    def forward():
+        with torch.no_grad():
+            return pyramid_loss()
+
+    def both():
+        backbone.zero_grad(set_to_none=True)
+        loss = pyramid_loss()
+        loss.backward()
+        return loss
+
+    rows = [
+        _row(
+            "backbone+FPN",
+            "torchvision",
+            timing.time_fn(forward, runs, warmup=2, sync=sync).median_s,
+            timing.time_fn(both, runs, warmup=2, sync=sync).median_s,
+        )
+    ]
+
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.normal(size=(1, height // 4, width // 4, 256)).astype(np.float32))
+    x = x.permute(0, 3, 1, 2).contiguous().to(device)
+    conv = torch.nn.Conv2d(256, 256, 3, 1, 1, bias=False).to(device)
+
+    def conv_forward():
+        with torch.no_grad():
+            return torch.mean(torch.square(conv(x)))
+
+    def conv_both(inputs):
+        conv.zero_grad(set_to_none=True)
+        inputs.grad = None
+        loss = torch.mean(torch.square(conv(inputs)))
+        loss.backward()
+        return loss
+
+    conv_forward_s = timing.time_fn(conv_forward, runs, warmup=2, sync=sync).median_s
+    x_with_grad = x.clone().requires_grad_(True)
+    for name, inputs in (("kernel grad", x), ("kernel + input grads", x_with_grad)):
+        both_s = timing.time_fn(
+            lambda inputs=inputs: conv_both(inputs), runs, warmup=2, sync=sync
+        ).median_s
+        rows.append(_row(f"conv3x3 256 @ P2, {name}", "torchvision", conv_forward_s, both_s))
+    return rows
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """ratio_* = msrcnn time / torchvision time of the same component (msrcnn rows only)."""
+    reference = {r["component"]: r for r in rows if r["framework"] == "torchvision"}
+    for row in rows:
+        other = reference.get(row["component"])
+        if row["framework"] != "msrcnn" or other is None:
+            continue
+        row["ratio_forward"] = row["forward_ms"] / other["forward_ms"]
+        row["ratio_backward"] = row["backward_ms"] / other["backward_ms"]
+
+
+def _torchvision_importable() -> bool:
+    try:
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+    except Exception:  # any import failure means "no torchvision rows"
+        return False
+    return True
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="512x512", help="HxW of the image")
+    p.add_argument("--runs", type=int, default=7, help="timed runs (median reported)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--no_torchvision", action="store_true")
+    p.add_argument("--output", default="bench_out/backward.json")
+    args = p.parse_args(argv)
+    height, width = (int(v) for v in args.size.split("x"))
+    rows = msrcnn_rows(height, width, args.runs)
+    if not args.no_torchvision and _torchvision_importable():
+        rows += torchvision_rows(height, width, args.runs, args.threads)
+    add_ratios(rows)
+    rows.sort(key=lambda r: (r["component"], r["framework"]))
+    timing.report(rows, COLUMNS, args.output, args)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
