@@ -4,7 +4,8 @@ matmuls, and optionally its input gradient as forward ops.
 Same values and gradients as `lax.conv_general_dilated` up to float rounding, formulated
 differently in the backward:
   * kernel gradient: dK[i, j] = sum over output pixels of x_padded[at tap (i, j)]^T dy, one
-    [C, N*H'*W'] x [N*H'*W', O] matmul per kernel tap (one matmul for a 1x1 conv);
+    [C, N*H'*W'] x [N*H'*W', O] matmul per kernel tap (one matmul for a 1x1 conv); on CPU,
+    for inputs over 3 MiB, summed in a loop over cache-sized chunks of the input;
   * input gradient: XLA's own transposed convolution, or (`forward_input_grad`) a forward conv
     with the rotated kernel (stride 1) or one matmul per tap spread back to the input grid.
 
