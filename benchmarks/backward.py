@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from benchmarks import timing
+from benchmarks import ops, timing
 from tests import seeded_weights
 
 COLUMNS = [
@@ -122,20 +122,14 @@ def msrcnn_rows(height: int, width: int, runs: int) -> list[dict]:
 
 def torchvision_rows(height: int, width: int, runs: int, threads: int) -> list[dict]:
     import torch
-    import torchvision
-    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-    from torchvision.ops import misc as misc_ops
+
+    from benchmarks.train_step import torchvision_model
 
     torch.set_num_threads(threads or os.cpu_count() or 1)
-    resnet = torchvision.models.resnet50(weights=None, norm_layer=misc_ops.FrozenBatchNorm2d)
-    backbone = _resnet_fpn_extractor(resnet, trainable_layers=3)
-    prefix = "backbone."
-    state = {
-        k[len(prefix) :]: torch.from_numpy(np.asarray(v))
-        for k, v in seeded_weights.state_dict().items()
-        if k.startswith(prefix)
-    }
-    backbone.load_state_dict(state)
+    model = torchvision_model(height, width)  # the train-step benchmark's model and weights
+    state = seeded_weights.state_dict()
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    backbone = model.backbone
     device = timing.torch_device()
     backbone.to(device).train()
     images = torch.from_numpy(_image(height, width)).permute(2, 0, 1)[None].to(device)
@@ -204,15 +198,6 @@ def add_ratios(rows: list[dict]) -> None:
         row["ratio_backward"] = row["backward_ms"] / other["backward_ms"]
 
 
-def _torchvision_importable() -> bool:
-    try:
-        import torch  # noqa: F401
-        import torchvision  # noqa: F401
-    except Exception:  # any import failure means "no torchvision rows"
-        return False
-    return True
-
-
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="512x512", help="HxW of the image")
@@ -223,7 +208,7 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
     height, width = (int(v) for v in args.size.split("x"))
     rows = msrcnn_rows(height, width, args.runs)
-    if not args.no_torchvision and _torchvision_importable():
+    if not args.no_torchvision and ops._try_import_torch()[0] is not None:
         rows += torchvision_rows(height, width, args.runs, args.threads)
     add_ratios(rows)
     rows.sort(key=lambda r: (r["component"], r["framework"]))

@@ -88,10 +88,10 @@ def kernel_gradient(x, dy, kernel_shape, stride: int, padding: int, chunk_bytes=
     if chunk_bytes is None:
         chunk_bytes = CHUNK_BYTES if jax.default_backend() == "cpu" else 0
     kh, kw = kernel_shape[:2]
-    pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+    padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     if chunk_bytes <= 0 or kh * kw == 1 or x.size * x.dtype.itemsize <= 2 * chunk_bytes:
-        return _tap_products(jnp.pad(x, pads), dy, kernel_shape, stride)
-    return _chunked_kernel_gradient(jnp.pad(x, pads), dy, kernel_shape, stride, chunk_bytes)
+        return _tap_products(padded, dy, kernel_shape, stride)
+    return _chunked_kernel_gradient(padded, dy, kernel_shape, stride, chunk_bytes)
 
 
 def _tap_products(padded, dy, kernel_shape, stride: int):
