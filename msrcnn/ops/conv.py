@@ -5,7 +5,9 @@ Same values and gradients as `lax.conv_general_dilated` up to float rounding, fo
 differently in the backward:
   * kernel gradient: dK[i, j] = sum over output pixels of x_padded[at tap (i, j)]^T dy, one
     [C, N*H'*W'] x [N*H'*W', O] matmul per kernel tap (one matmul for a 1x1 conv); on CPU,
-    for inputs over 3 MiB, summed in a loop over cache-sized chunks of the input;
+    for inputs over 3 MiB, summed in a loop over cache-sized chunks of the input (for
+    stride 1 and images over a chunk, bands of a channels-first copy, matmuls in standard
+    form);
   * input gradient: XLA's own transposed convolution, or (`forward_input_grad`) a forward conv
     with the rotated kernel (stride 1) or one matmul per tap spread back to the input grid.
 
@@ -79,7 +81,8 @@ def kernel_gradient(x, dy, kernel_shape, stride: int, padding: int, chunk_bytes=
 
     chunk_bytes: when x is larger than twice this (and the kernel is not 1x1), sum the
     kernel gradient over chunks of about this many input bytes in a loop (whole images, or
-    bands of output rows of one image). Default: CHUNK_BYTES on CPU, no chunks elsewhere.
+    bands of output rows of one image: for stride 1 from a channels-first copy, see
+    `_flat_kernel_gradient_in_bands`). Default: CHUNK_BYTES on CPU, no chunks elsewhere.
     Why: on CPU the per-tap matmuls of a large input stream x and dy from memory once per
     tap; chunked, they run from cache (2 cores, AVX-512: 3x3 256 -> 256 on [1, 128, 128,
     256] 156 -> 100 ms; on [48, 14, 14, 256] 100 -> 52 ms). A loop of small matmuls would
@@ -91,6 +94,8 @@ def kernel_gradient(x, dy, kernel_shape, stride: int, padding: int, chunk_bytes=
     padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     if chunk_bytes <= 0 or kh * kw == 1 or x.size * x.dtype.itemsize <= 2 * chunk_bytes:
         return _tap_products(padded, dy, kernel_shape, stride)
+    if stride == 1 and padded[0].size * padded.dtype.itemsize > chunk_bytes:
+        return _flat_kernel_gradient_in_bands(padded, dy, kernel_shape, chunk_bytes)
     return _chunked_kernel_gradient(padded, dy, kernel_shape, stride, chunk_bytes)
 
 
@@ -141,6 +146,54 @@ def _chunked_kernel_gradient(padded, dy, kernel_shape, stride: int, chunk_bytes:
 
     zero = jnp.zeros(kernel_shape, jnp.float32)
     return jax.lax.fori_loop(0, (n // images) * bands, add_chunk, zero)
+
+
+def _flat_kernel_gradient_in_bands(padded, dy, kernel_shape, chunk_bytes: int):
+    """`_tap_products` of a stride-1 conv as standard [C, M] x [M, O] matmuls, summed over
+    bands of output rows whose input rows take about chunk_bytes (images larger than that).
+
+    The padded input is copied once channels-first with its pixels flattened, x_t [C, P]
+    (P = N * rows * Wp), and the output gradient is zero-padded to the same pixel grid, so
+    that output pixel m reads input pixel m + i * Wp + j at tap (i, j): each tap of a band is
+    a contiguous column range of x_t, and no per-tap window is copied out. Why: XLA:CPU runs
+    the row-contracting matmuls of `_tap_products` through Eigen (~150-180 GFLOP/s here), the
+    standard form through YNNPACK, near its matmul speed (3x3 256 -> 256 on [1, 128, 128,
+    256]: 103 -> 88 ms); the zero columns cost Wp / W' more (+1.6% at 128 wide). Whole small
+    images (the mask head's 14 x 14) would pay Hp * Wp / (H' * W') = 1.31x and lose.
+    """
+    kh, kw, in_ch, out_ch = kernel_shape
+    n, hp, wp, _ = padded.shape
+    _, h_out, w_out, _ = dy.shape
+    rows = min(h_out, max(1, chunk_bytes // (wp * in_ch * padded.dtype.itemsize)))
+    bands = -(-h_out // rows)
+    block_rows = max(hp, bands * rows)  # rows per image in both grids; dy's extra are zeros
+    padded = jnp.pad(padded, ((0, 0), (0, block_rows - hp), (0, 0), (0, 0)))
+    dy = jnp.pad(dy, ((0, 0), (0, block_rows - h_out), (0, wp - w_out), (0, 0)))
+    tail = (kh - 1) * wp + (kw - 1)  # how far past its band's pixels the last tap reads
+    x_t = padded.transpose(3, 0, 1, 2).reshape(in_ch, -1)
+    # The barrier keeps the channels-first copy: without it XLA folds the transpose into
+    # the matmuls' operand layout, back to the row-contracting form.
+    x_t = lax.optimization_barrier(jnp.pad(x_t, ((0, 0), (0, tail))))
+    dy_rows = dy.reshape(-1, out_ch)
+    span = rows * wp
+
+    def add_band(index, total):
+        start = (index // bands) * block_rows * wp + (index % bands) * span
+        x_band = lax.dynamic_slice(x_t, (0, start), (in_ch, span + tail))
+        dy_band = lax.dynamic_slice(dy_rows, (start, 0), (span, out_ch))
+        taps = [
+            jnp.dot(
+                x_band[:, i * wp + j : i * wp + j + span],
+                dy_band,
+                preferred_element_type=jnp.float32,
+            )
+            for i in range(kh)
+            for j in range(kw)
+        ]
+        return total + jnp.stack(taps).reshape(kernel_shape)
+
+    zero = jnp.zeros(kernel_shape, jnp.float32)
+    return lax.fori_loop(0, n * bands, add_band, zero)
 
 
 def _largest_divisor_at_most(n: int, cap: int) -> int:

@@ -134,20 +134,28 @@ def test_empty_batch_gives_zero_kernel_gradient(forward_input_grad):
 # (kernel size, padding, stride, chunk bytes): chunks of whole images (a 5-channel 9x7
 # float32 image padded is <= 1 KiB) and bands of rows, bands not dividing the output rows
 # (zero-padded), strided bands, a 'valid' conv, a 7x7 kernel.
+# (kernel size, padding, stride, chunk bytes, input shape): bands of rows (stride 1: of the
+# flattened channels-first copy, for several images, bands that do not divide the output;
+# stride 2: windows per tap), a 'valid' conv, 7x7 kernels, whole-image chunks of one image
+# and of two.
 CHUNKS = [
-    (3, 1, 1, 1500),
-    (3, 1, 1, 700),
-    (3, 1, 2, 300),
-    (3, 0, 1, 150),
-    (7, 3, 1, 400),
-    (7, 3, 2, 1000),
+    (3, 1, 1, 1500, (6, 9, 7, 5)),
+    (3, 1, 1, 700, (6, 9, 7, 5)),
+    (3, 1, 2, 300, (6, 9, 7, 5)),
+    (3, 0, 1, 150, (6, 9, 7, 5)),
+    (7, 3, 1, 400, (6, 9, 7, 5)),
+    (7, 3, 2, 1000, (6, 9, 7, 5)),
+    (3, 1, 1, 3000, (6, 9, 7, 5)),
+    (5, 2, 1, 3500, (6, 9, 7, 5)),
+    (3, 1, 1, 1500, (12, 4, 4, 5)),
+    (3, 1, 2, 1500, (12, 4, 4, 5)),
 ]
 
 
-@pytest.mark.parametrize("size, padding, stride, chunk_bytes", CHUNKS)
-def test_chunked_kernel_gradient_matches_lax(size, padding, stride, chunk_bytes):
+@pytest.mark.parametrize("size, padding, stride, chunk_bytes, shape", CHUNKS)
+def test_chunked_kernel_gradient_matches_lax(size, padding, stride, chunk_bytes, shape):
     rng = np.random.default_rng(2)
-    x = jnp.asarray(rng.normal(size=(6, 9, 7, 5)), jnp.float32)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
     kernel_shape = (size, size, 5, 4)
     assert x.size * 4 > 2 * chunk_bytes  # the chunked path, not the plain one
     out_shape = _lax_conv(x, jnp.zeros(kernel_shape), stride, padding).shape
