@@ -24,7 +24,6 @@ threads (0: all cores, as XLA:CPU uses).
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
@@ -199,13 +198,7 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def main(argv=None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", default="512x512", help="HxW of the image")
-    p.add_argument("--runs", type=int, default=7, help="timed runs (median reported)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
-    p.add_argument("--no_torchvision", action="store_true")
-    p.add_argument("--output", default="bench_out/backward.json")
-    args = p.parse_args(argv)
+    args = timing.side_by_side_parser(__doc__, "bench_out/backward.json").parse_args(argv)
     height, width = (int(v) for v in args.size.split("x"))
     rows = msrcnn_rows(height, width, args.runs)
     if not args.no_torchvision and ops._try_import_torch()[0] is not None:

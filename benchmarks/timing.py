@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import json
@@ -146,3 +147,15 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     for row in rows:
         lines.append("| " + " | ".join(cell(row.get(c)) for c in columns) + " |")
     return "\n".join(lines)
+
+
+def side_by_side_parser(doc: str, output: str) -> argparse.ArgumentParser:
+    """The flags of a component benchmark timed in msrcnn beside torchvision in one process:
+    --size, --runs, --threads, --no_torchvision, --output (default `output`)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--size", default="512x512", help="HxW of the image")
+    p.add_argument("--runs", type=int, default=7, help="timed runs (median reported)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--no_torchvision", action="store_true")
+    p.add_argument("--output", default=output)
+    return p
