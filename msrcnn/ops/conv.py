@@ -153,7 +153,7 @@ def _flat_kernel_gradient_in_bands(padded, dy, kernel_shape, chunk_bytes: int):
     bands of output rows whose input rows take about chunk_bytes (images larger than that).
 
     The padded input is copied once channels-first with its pixels flattened, x_t [C, P]
-    (P = N * rows * Wp), and the output gradient is zero-padded to the same pixel grid, so
+    (P = N * block_rows * Wp), and the output gradient is zero-padded to the same pixel grid, so
     that output pixel m reads input pixel m + i * Wp + j at tap (i, j): each tap of a band is
     a contiguous column range of x_t, and no per-tap window is copied out. Why: XLA:CPU runs
     the row-contracting matmuls of `_tap_products` through Eigen (~150-180 GFLOP/s here), the
