@@ -133,11 +133,6 @@ def torchvision_rows(height: int, width: int, runs: int, threads: int) -> list[d
     backbone.to(device).train()
     images = torch.from_numpy(_image(height, width)).permute(2, 0, 1)[None].to(device)
 
-    def sync(value):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return value
-
     def pyramid_loss():
         return sum(torch.mean(torch.square(level)) for level in backbone(images).values())
 
@@ -155,8 +150,8 @@ def torchvision_rows(height: int, width: int, runs: int, threads: int) -> list[d
         _row(
             "backbone+FPN",
             "torchvision",
-            timing.time_fn(forward, runs, warmup=2, sync=sync).median_s,
-            timing.time_fn(both, runs, warmup=2, sync=sync).median_s,
+            timing.time_fn(forward, runs, warmup=2, sync=timing.torch_sync).median_s,
+            timing.time_fn(both, runs, warmup=2, sync=timing.torch_sync).median_s,
         )
     ]
 
@@ -176,11 +171,11 @@ def torchvision_rows(height: int, width: int, runs: int, threads: int) -> list[d
         loss.backward()
         return loss
 
-    conv_forward_s = timing.time_fn(conv_forward, runs, warmup=2, sync=sync).median_s
+    conv_forward_s = timing.time_fn(conv_forward, runs, warmup=2, sync=timing.torch_sync).median_s
     x_with_grad = x.clone().requires_grad_(True)
     for name, inputs in (("kernel grad", x), ("kernel + input grads", x_with_grad)):
         both_s = timing.time_fn(
-            lambda inputs=inputs: conv_both(inputs), runs, warmup=2, sync=sync
+            lambda inputs=inputs: conv_both(inputs), runs, warmup=2, sync=timing.torch_sync
         ).median_s
         rows.append(_row(f"conv3x3 256 @ P2, {name}", "torchvision", conv_forward_s, both_s))
     return rows

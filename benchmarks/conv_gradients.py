@@ -159,11 +159,6 @@ def torchvision_times(shape: ConvShape, runs: int) -> dict[str, float]:
     dy = dy.permute(0, 3, 1, 2).contiguous().to(device)
     stride, padding = [shape.stride] * 2, [shape.padding] * 2
 
-    def sync(value):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return value
-
     def backward(mask):  # mask: which of (input, weight, bias) gradients to compute
         return torch.ops.aten.convolution_backward(
             dy, x, weight, None, stride, padding, [1, 1], False, [0, 0], 1, mask
@@ -177,7 +172,7 @@ def torchvision_times(shape: ConvShape, runs: int) -> dict[str, float]:
     times = {}
     with torch.no_grad():
         for key, fn in calls.items():
-            times[key] = 1e3 * timing.time_fn(fn, runs, 2, sync=sync).median_s
+            times[key] = 1e3 * timing.time_fn(fn, runs, 2, sync=timing.torch_sync).median_s
     return times
 
 

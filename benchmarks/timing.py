@@ -108,6 +108,15 @@ def torch_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def torch_sync(value):
+    """`value`, after the GPU's queued torch work is done (nothing to wait for on CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return value
+
+
 def torch_device_peak_gib() -> float | None:
     import torch
 

@@ -35,4 +35,7 @@ def test_main_writes_msrcnn_rows(tmp_path):
     ]
     for row in rows:
         assert row["framework"] == "msrcnn"
-        assert 0 < row["forward_ms"] < row["forward_backward_ms"]
+        assert row["forward_ms"] > 0 and row["forward_backward_ms"] > 0
+    # The backbone's backward is ~2x its forward, far above one timed call's noise; the 16x16
+    # conv's (~1 ms) is not, so a strict order is asserted for the backbone only.
+    assert rows[0]["forward_ms"] < rows[0]["forward_backward_ms"]

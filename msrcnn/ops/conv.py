@@ -94,8 +94,6 @@ def kernel_gradient(x, dy, kernel_shape, stride: int, padding: int, chunk_bytes=
     padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     if chunk_bytes <= 0 or kh * kw == 1 or x.size * x.dtype.itemsize <= 2 * chunk_bytes:
         return _tap_products(padded, dy, kernel_shape, stride)
-    if stride == 1 and padded[0].size * padded.dtype.itemsize > chunk_bytes:
-        return _flat_kernel_gradient_in_bands(padded, dy, kernel_shape, chunk_bytes)
     return _chunked_kernel_gradient(padded, dy, kernel_shape, stride, chunk_bytes)
 
 
@@ -114,8 +112,9 @@ def _tap_products(padded, dy, kernel_shape, stride: int):
 
 def _chunked_kernel_gradient(padded, dy, kernel_shape, stride: int, chunk_bytes: int):
     """`_tap_products` summed over chunks of ~chunk_bytes of the padded input: groups of
-    whole images when an image fits, else bands of output rows of one image (dy padded with
-    zero rows to a whole number of bands: they add nothing)."""
+    whole images when an image fits, else bands of output rows of one image (stride 1:
+    `_flat_kernel_gradient_in_bands`; otherwise dy padded with zero rows to a whole number
+    of bands: they add nothing)."""
     kh = kernel_shape[0]
     n, hp, wp, in_ch = padded.shape
     _, h_out, w_out, out_ch = dy.shape
@@ -124,6 +123,8 @@ def _chunked_kernel_gradient(padded, dy, kernel_shape, stride: int, chunk_bytes:
     if image_bytes <= chunk_bytes:
         images = _largest_divisor_at_most(n, chunk_bytes // image_bytes)
         rows, bands = h_out, 1
+    elif stride == 1:
+        return _flat_kernel_gradient_in_bands(padded, dy, kernel_shape, chunk_bytes)
     else:
         images = 1
         rows = min(h_out, max(1, chunk_bytes // (stride * wp * in_ch * itemsize)))
