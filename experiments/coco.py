@@ -53,7 +53,7 @@ def get_config(arg: str = ""):
     d.dataset = "coco"
     d.coco.year = 2017
     d.image_hw = (800, 1344)
-    d.image_hw_buckets = [(800, 1344), (1344, 800)]
+    d.image_hw_buckets = ((800, 1344), (1344, 800))
     d.min_size, d.max_size = 800, 1333
 
     t = config.train
@@ -72,7 +72,7 @@ def get_config(arg: str = ""):
         m.anchor_sizes = (8, 16, 32, 64, 128)
         m.num_classes = 4  # the generated tiny_coco folder has 4 categories
         m.dtype = "float32"
-        d.image_hw, d.image_hw_buckets = (96, 96), [(96, 96)]
+        d.image_hw, d.image_hw_buckets = (96, 96), ((96, 96),)
         d.min_size = d.max_size = 96
         d.eval_batch_size = 4
         t.batch_size = 2

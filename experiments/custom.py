@@ -10,7 +10,7 @@ from torchvision's COCO Mask R-CNN (the class-specific layers start fresh for 1 
     python -m msrcnn.convert --from=torchvision --num_classes=1 \\
         --checkpoint=maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth --output=/data/mrcnn_r50_1class
     python -m msrcnn.train --config=experiments/custom.py:via --workdir=/runs/balloon \\
-        --config.data.custom.class_names='["balloon"]' --config.model.num_classes=1 \\
+        --config.data.custom.class_names='("balloon",)' --config.model.num_classes=1 \\
         --config.data.custom.train.annotations=/data/balloon/train/via_region_data.json \\
         --config.data.custom.train.images=/data/balloon/train \\
         --config.data.custom.validation.annotations=/data/balloon/val/via_region_data.json \\
@@ -24,6 +24,22 @@ LabelName, optional BoxXMin/BoxXMax/BoxYMin/BoxYMax), `images` = folder of <Imag
 `masks` = folder of the mask PNGs, class_names = the LabelName values (Open Images MIDs).
 VIA: `:via`, class_names in label order, `class_attribute` = the region attribute holding
 the class (default "class"; not needed with one class).
+
+Every field takes `--config.x=y`; tuples as a quoted Python tuple, e.g. several classes
+`--config.data.custom.class_names='("balloon", "kite")'`. Images are padded to the shape
+buckets 800x1344 (landscape) and 1344x800 (portrait), resized by `min_size` / `max_size`; for
+smaller images choose smaller ones, e.g. for photos of about 1024x768:
+
+    python -m msrcnn.train --config=experiments/custom.py:via --workdir=/runs/balloon_small \\
+        --config.data.custom.class_names='("balloon",)' --config.model.num_classes=1 \\
+        --config.data.custom.train.annotations=/data/balloon/train/via_region_data.json \\
+        --config.data.custom.train.images=/data/balloon/train \\
+        --config.data.custom.validation.annotations=/data/balloon/val/via_region_data.json \\
+        --config.data.custom.validation.images=/data/balloon/val \\
+        --config.data.min_size=512 --config.data.max_size=768 \\
+        --config.data.image_hw='(512, 768)' \\
+        --config.data.image_hw_buckets='((512, 768), (768, 512))' \\
+        --config.train.init_checkpoint=/data/mrcnn_r50_1class
 
 Bad input stops the build with an error naming the file and annotation; add
 `--config.data.skip_bad_input=True` to leave such input out instead (counted and summarised
@@ -48,7 +64,7 @@ def get_config(arg: str = "coco"):
     d.dataset = "custom"
     d.custom.format = arg
     d.image_hw = (800, 1344)
-    d.image_hw_buckets = [(800, 1344), (1344, 800)]
+    d.image_hw_buckets = ((800, 1344), (1344, 800))
     t = config.train
     t.batch_size = 8
     t.learning_rate = 0.01

@@ -68,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
             # More than one (H, W): shape buckets for training and evaluation batches, each
             # image in the first it fits (see msrcnn.data.buckets); image_hw is then unused
             # except to initialise the model.
-            "image_hw_buckets": [],
+            "image_hw_buckets": (),
             "eval_batch_size": 8,
             "shapes": {
                 "seed": 0,
@@ -85,7 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
             # dataset = "custom": your data; experiments/custom.py explains the fields.
             "custom": {
                 "format": "coco",
-                "class_names": [],
+                "class_names": (),
                 "class_attribute": "class",
                 "train": {"annotations": "", "images": "", "masks": ""},
                 "validation": {"annotations": "", "images": "", "masks": ""},
@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
             "train_skip_empty": True,
             # Multi-scale training: each training image's shorter side is drawn from these
             # (e.g. (640, 672, 704, 736, 768, 800)); empty = always min_size.
-            "train_min_sizes": [],
+            "train_min_sizes": (),
             "min_size": 800,
             "max_size": 1333,
             "size_divisibility": 32,
@@ -104,8 +104,8 @@ def base_config() -> ml_collections.ConfigDict:
             "pixel_std": IMAGENET_STD,
             # Dataset category id of each model class 1..K (index 0 is background). An empty
             # list means ids are the model's own 1..K.
-            "category_ids": [],
-            "class_names": [],
+            "category_ids": (),
+            "class_names": (),
         }
     )
     config.train = ml_collections.ConfigDict(
@@ -140,7 +140,16 @@ def base_config() -> ml_collections.ConfigDict:
             "max_instances": 100,
             "mask_size": 56,
             "maskiou_stop_gradient": False,
-            "loss_weights": {},
+            # Multiplies each named loss term (msrcnn.losses), e.g.
+            # --config.train.loss_weights.loss_maskiou=0.5.
+            "loss_weights": {
+                "loss_objectness": 1.0,
+                "loss_rpn_box_reg": 1.0,
+                "loss_classifier": 1.0,
+                "loss_box_reg": 1.0,
+                "loss_mask": 1.0,
+                "loss_maskiou": 1.0,
+            },
             "skip_nonfinite": False,
             # A variables checkpoint (e.g. `msrcnn.convert` of an ImageNet ResNet) to start
             # from when the workdir has no checkpoint; it must fit the model exactly.

@@ -181,8 +181,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     data = datasets.load(config)
     # Checkpoints carry the label map, so a Predictor or `msrcnn.predict` names classes and
     # writes the dataset's category ids without the dataset at hand.
-    config.data.class_names = list(data.class_names)
-    config.data.category_ids = [int(i) for i in data.category_ids]
+    config.data.class_names = tuple(data.class_names)
+    config.data.category_ids = tuple(int(i) for i in data.category_ids)
     image_hw = tuple(config.data.image_hw)
 
     abstract_params = jax.eval_shape(
