@@ -90,7 +90,7 @@ def test_class_names_and_buckets_take_the_documented_forms():
     config = _parse(
         config_arg,
         [
-            "--config.data.custom.class_names=(\"balloon\", \"kite\")",
+            '--config.data.custom.class_names=("balloon", "kite")',
             "--config.data.image_hw_buckets=((512, 768), (768, 512))",
             "--config.data.train_min_sizes=(480, 512)",
             "--config.train.loss_weights.loss_maskiou=0.5",
