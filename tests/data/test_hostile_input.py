@@ -20,15 +20,18 @@ from tests.data import instance_fixtures as fx
 SQUARE = [[10.0, 10.0, 30.0, 10.0, 30.0, 30.0, 10.0, 30.0]]
 
 
-def _coco(root, annotations, images=None, write_images=True, raw_json=None):
-    """A COCO json with images a.jpg (id 1) and b.jpg (id 2) and the given annotations."""
+def _image(image_id, file_name):
+    return {"id": image_id, "file_name": file_name, "height": fx.H, "width": fx.W}
+
+
+def _coco(root, annotations, images=None, write_images=True, raw_json=None, categories=None):
+    """A COCO json with images a.jpg (id 1) and b.jpg (id 2) (or `images`, whose files it
+    writes) and the given annotations."""
     os.makedirs(root, exist_ok=True)
-    images = images or [
-        {"id": 1, "file_name": "a.jpg", "height": fx.H, "width": fx.W},
-        {"id": 2, "file_name": "b.jpg", "height": fx.H, "width": fx.W},
-    ]
+    images = images or [_image(1, "a.jpg"), _image(2, "b.jpg")]
     if write_images:
-        for k, name in enumerate(("a.jpg", "b.jpg")):
+        names = dict.fromkeys(im["file_name"] for im in images)
+        for k, name in enumerate(names):
             fx.save_jpeg(os.path.join(root, name), fx.random_image(k))
     path = os.path.join(root, "ann.json")
     with open(path, "w") as f:
@@ -39,7 +42,7 @@ def _coco(root, annotations, images=None, write_images=True, raw_json=None):
                 {
                     "images": images,
                     "annotations": annotations,
-                    "categories": [{"id": 1, "name": "thing"}],
+                    "categories": categories or [{"id": 1, "name": "thing"}],
                 },
                 f,
             )
@@ -286,3 +289,14 @@ def test_load_time_drops_unusable_boxes_and_counts_them():
     assert out["gt_valid"].tolist() == [True, False, False, False]
     assert out["gt_classes"][0] == 1
     assert (counter.unusable_images, counter.unusable_instances) == (1, 2)
+
+
+# The build summary counts items (images, annotations), not notes.
+
+
+def test_policy_counts_items():
+    policy = BadInputPolicy(skip=True)
+    policy.note("clean-up", "five things", count=5)
+    policy.problem("bad", "two things", count=2)
+    assert policy.as_dict() == {"clean-up": 5, "skipped: bad": 2}
+    assert "      5  clean-up" in policy.summary()
