@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -289,6 +290,36 @@ def test_load_time_drops_unusable_boxes_and_counts_them():
     assert out["gt_valid"].tolist() == [True, False, False, False]
     assert out["gt_classes"][0] == 1
     assert (counter.unusable_images, counter.unusable_instances) == (1, 2)
+
+
+# The size check is its own message: not a decode error, no chained traceback.
+
+
+def test_size_mismatch_is_one_message_not_a_decode_error(tmp_path):
+    path = tmp_path / "small.jpg"
+    fx.save_jpeg(path, fx.random_image(3, (40, 64)))
+    with pytest.raises(BadInputError) as error:
+        read_image(path, BadInputPolicy(), expected_hw=(fx.H, fx.W), context="image id 2 in a.json")
+    message = str(error.value)
+    assert re.search(
+        r"small.jpg \(image id 2 in a.json\) is 40x64 \(height x width\) but the annotation "
+        r"says 48x64",
+        message,
+    ), message
+    assert "decode" not in message and message.count("skip_bad_input") == 1
+    assert "\n" not in message
+    assert error.value.__cause__ is None and error.value.__context__ is None
+    policy = BadInputPolicy(skip=True)
+    assert read_image(path, policy, expected_hw=(fx.H, fx.W)) is None
+    assert policy.as_dict() == {"skipped: image size differs from the annotation": 1}
+
+
+def test_decode_error_has_no_chained_traceback(tmp_path):
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(BadInputError, match=r"cannot decode image .*bad.jpg") as error:
+        read_image(tmp_path / "bad.jpg", BadInputPolicy())
+    assert error.value.__cause__ is None and error.value.__context__ is None
+    assert "\n" not in str(error.value) and "BytesIO" not in str(error.value)
 
 
 # The build summary counts items (images, annotations), not notes.
