@@ -325,6 +325,13 @@ def test_decode_error_has_no_chained_traceback(tmp_path):
 # The build summary counts items (images, annotations), not notes.
 
 
+def test_images_without_objects_are_counted_per_image(tmp_path, capsys):
+    images = [_image(1, "a.jpg"), _image(2, "b.jpg"), _image(3, "c.jpg")]
+    builder = _build(tmp_path, _coco(str(tmp_path / "src"), [_ann(7)], images))
+    assert _hygiene(builder)["images without any (non-crowd) object, kept"] == 2
+    assert "2 of 3 images in train" in capsys.readouterr().out
+
+
 def test_policy_counts_items():
     policy = BadInputPolicy(skip=True)
     policy.note("clean-up", "five things", count=5)
