@@ -14,6 +14,7 @@ from PIL import Image
 
 from msrcnn.data import instances, pipeline
 from msrcnn.data.bad_input import BadInputError, BadInputPolicy
+from msrcnn.data.coco_json import read_coco_json
 from msrcnn.data.image_io import read_image
 from msrcnn.data.records import Instances
 from tests.data import instance_fixtures as fx
@@ -290,6 +291,109 @@ def test_load_time_drops_unusable_boxes_and_counts_them():
     assert out["gt_valid"].tolist() == [True, False, False, False]
     assert out["gt_classes"][0] == 1
     assert (counter.unusable_images, counter.unusable_instances) == (1, 2)
+
+
+# Repeated ids and entries: an error naming the id, the file and the fix, or (skip_bad_input)
+# every entry of a repeated id left out and counted; never merged or overwritten silently.
+
+
+def _records(builder, split="train"):
+    source = builder.as_data_source(split)
+    return [source[i] for i in range(len(source))]
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def test_repeated_coco_image_id(tmp_path):
+    images = [_image(1, "a.jpg"), _image(2, "b.jpg"), _image(2, "c.jpg")]
+    annotations = [_ann(7), _ann(8, image_id=2), _ann(9, image_id=2)]
+    json_path = _coco(str(tmp_path / "src"), annotations, images)
+    with pytest.raises(BadInputError, match=r"image id 2 is used by 2 entries .* in .*ann.json"):
+        _build(tmp_path, json_path)
+    builder = _build(tmp_path, json_path, skip=True)
+    hygiene = _hygiene(builder)
+    assert hygiene["skipped: repeated image id"] == 2  # both entries
+    assert hygiene["skipped: annotation of a left-out image"] == 2
+    assert [int(r["image_id"]) for r in _records(builder)] == [1]
+
+
+def test_repeated_coco_image_id_message(tmp_path):
+    images = [_image(1, "a.jpg"), _image(2, "b.jpg"), _image(2, "c.jpg")]
+    json_path = _coco(str(tmp_path / "src"), [_ann(7)], images)
+    with pytest.raises(BadInputError) as error:
+        read_coco_json(json_path, str(tmp_path / "src"), BadInputPolicy())
+    message = str(error.value)
+    assert json_path in message and "'b.jpg'" in message and "'c.jpg'" in message
+    assert "remove the duplicate" in message and "--config.data.skip_bad_input=True" in message
+    assert "\n" not in message
+
+
+def test_repeated_coco_image_file(tmp_path):
+    images = [_image(1, "a.jpg"), _image(2, "b.jpg"), _image(3, "b.jpg")]
+    annotations = [_ann(7), _ann(8, image_id=2), _ann(9, image_id=3)]
+    json_path = _coco(str(tmp_path / "src"), annotations, images)
+    with pytest.raises(BadInputError, match=r"b.jpg is the file of image ids \[2, 3\] in .*ann"):
+        _build(tmp_path, json_path)
+    builder = _build(tmp_path, json_path, skip=True)
+    hygiene = _hygiene(builder)
+    assert hygiene["skipped: image file listed by more than one image id"] == 2
+    assert hygiene["skipped: annotation of a left-out image"] == 2
+    assert [int(r["image_id"]) for r in _records(builder)] == [1]
+
+
+def test_repeated_coco_annotation_id(tmp_path):
+    json_path = _coco(str(tmp_path / "src"), [_ann(7), _ann(8), _ann(8, image_id=2)])
+    with pytest.raises(BadInputError, match=r"annotation id 8 is used by 2 annotations in .*ann"):
+        _build(tmp_path, json_path)
+    builder = _build(tmp_path, json_path, skip=True)
+    assert _hygiene(builder)["skipped: repeated annotation id"] == 2
+    records = _records(builder)
+    assert [[_text(a) for a in r["objects"]["ann_id"]] for r in records] == [["7"], []]
+
+
+@pytest.mark.parametrize(
+    "categories, pattern",
+    [
+        (
+            [{"id": 1, "name": "thing"}, {"id": 1, "name": "other"}],
+            r"category id 1 is used by 2 categories \('thing', 'other'\) in .*ann.json",
+        ),
+        (
+            [{"id": 1, "name": "thing"}, {"id": 2, "name": "thing"}],
+            r"category name 'thing' is used by 2 categories \(ids \[1, 2\]\) in .*ann.json",
+        ),
+    ],
+)
+def test_repeated_coco_category(tmp_path, categories, pattern):
+    json_path = _coco(str(tmp_path / "src"), [_ann(7)], categories=categories)
+    for skip in (False, True):  # the categories are the model's classes: not skippable
+        with pytest.raises(BadInputError, match=pattern):
+            read_coco_json(json_path, str(tmp_path / "src"), BadInputPolicy(skip=skip))
+
+
+@pytest.mark.parametrize(
+    "raw, pattern",
+    [
+        (
+            '{"images": [], "annotations": [], "annotations": [], "categories": []}',
+            r"key 'annotations' appears 2 times in one object \(keys \['images', 'annotations'",
+        ),
+        (
+            '{"images": [{"id": 1, "file_name": "a.jpg", "id": 2}], "annotations": [],'
+            ' "categories": []}',
+            r"key 'id' appears 2 times in one object \(keys \['id', 'file_name'\]",
+        ),
+    ],
+)
+def test_repeated_json_key_is_an_error(tmp_path, raw, pattern):
+    # json.load keeps the last of repeated keys: part of the file would be ignored silently.
+    json_path = _coco(str(tmp_path / "src"), [], write_images=False, raw_json=raw)
+    for skip in (False, True):
+        with pytest.raises(BadInputError, match=pattern) as error:
+            read_coco_json(json_path, str(tmp_path / "src"), BadInputPolicy(skip=skip))
+        assert json_path in str(error.value)
 
 
 # The size check is its own message: not a decode error, no chained traceback.
