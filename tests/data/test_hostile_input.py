@@ -396,6 +396,47 @@ def test_repeated_json_key_is_an_error(tmp_path, raw, pattern):
         assert json_path in str(error.value)
 
 
+def _via_text(pairs) -> str:
+    """VIA json text from (key, entry) pairs, keys possibly repeated (json.dumps cannot)."""
+    return "{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in pairs) + "}"
+
+
+def _build_via(tmp_path, json_path, skip):
+    return instances.build_custom(
+        tmp_path / f"tfds_via{skip}",
+        "via",
+        ["balloon", "kite"],
+        train={"annotations": str(json_path), "images": os.path.dirname(json_path)},
+        skip_bad_input=skip,
+    )
+
+
+def test_via_repeated_entry_key(tmp_path):
+    root = tmp_path / "via"
+    e0, e1, e2 = fx.via_dataset(str(root), num_images=3).items()
+    fewer = dict(e1[1], regions=e1[1]["regions"][:1])
+    (root / "dup.json").write_text(_via_text([e0, e1, (e1[0], fewer), e2]))
+    with pytest.raises(BadInputError, match=r"entry key 'photo1.jpg\d+' appears 2 times in .*dup"):
+        _build_via(tmp_path, root / "dup.json", False)
+    builder = _build_via(tmp_path, root / "dup.json", True)
+    assert _hygiene(builder)["skipped: repeated VIA entry key"] == 2
+    records = _records(builder)
+    assert [_text(r["file_name"]) for r in records] == ["photo0.jpg", "photo2.jpg"]
+    assert [int(r["image_id"]) for r in records] == [1, 4]  # ids are places in the file
+
+
+def test_via_repeated_filename(tmp_path):
+    root = tmp_path / "via"
+    e0, e1, e2 = fx.via_dataset(str(root), num_images=3).items()
+    (root / "dup.json").write_text(_via_text([e0, e1, ("photo1.jpg999", e1[1]), e2]))
+    pattern = r"photo1.jpg is the file of 2 entries \(keys 'photo1.jpg\d+', 'photo1.jpg999'\)"
+    with pytest.raises(BadInputError, match=pattern):
+        _build_via(tmp_path, root / "dup.json", False)
+    builder = _build_via(tmp_path, root / "dup.json", True)
+    assert _hygiene(builder)["skipped: VIA image file listed by more than one entry"] == 2
+    assert [_text(r["file_name"]) for r in _records(builder)] == ["photo0.jpg", "photo2.jpg"]
+
+
 # The size check is its own message: not a decode error, no chained traceback.
 
 
