@@ -10,11 +10,14 @@ the image is `ImageID` + .jpg / .jpeg / .png in the image folder. A mask PNG who
 from its image (Open Images masks are not at image resolution) is resized to it with nearest
 neighbour. Class names are matched against LabelName exactly (for Open Images, the MIDs such as
 "/m/05zsy"). Rows with an unknown LabelName, a missing image or mask, or a malformed box are
-problems of the `BadInputPolicy`. Image ids are 1, 2, ... in order of first appearance.
+problems of the `BadInputPolicy`, as is a MaskPath in more than one row (one mask is one
+instance; every such row is left out when skipping). Image ids are 1, 2, ... in order of first
+appearance.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import os
 
@@ -34,6 +37,32 @@ def _find_image(image_dir: str, image_id: str) -> str | None:
         if os.path.exists(path):
             return path
     return None
+
+
+def _repeated_masks(
+    rows: list[dict], mask_dir: str, csv_path: str, policy: BadInputPolicy
+) -> set[int]:
+    """CSV lines of rows whose MaskPath another row also has.
+
+    Several rows per ImageID are normal (one per instance), but a mask file is one instance:
+    listed twice it is trained on twice, or (other LabelName) as two classes. Nothing says
+    which row is right, so (when the policy skips) every row of such a mask is left out,
+    counted per row.
+    """
+    lines: dict[str, list[int]] = collections.defaultdict(list)
+    for line, row in enumerate(rows, start=2):
+        lines[os.path.normpath(os.path.join(mask_dir, row["MaskPath"] or ""))].append(line)
+    repeated: set[int] = set()
+    for same in lines.values():
+        if len(same) > 1:
+            policy.problem(
+                "repeated MaskPath",
+                f"MaskPath {rows[same[0] - 2]['MaskPath']!r} is in rows {same} of {csv_path}; "
+                "a mask file is one instance: remove the duplicate rows",
+                count=len(same),
+            )
+            repeated.update(same)
+    return repeated
 
 
 def read_png_masks(
@@ -59,8 +88,11 @@ def read_png_masks(
         raise BadInputError(f"{csv_path} lacks the columns {missing}; it has {list(header)}")
     has_box = all(c in header for c in _BOX)
 
+    repeated = _repeated_masks(rows, mask_dir, csv_path, policy)
     images: dict[str, ImageAnnotation] = {}
     for line, row in enumerate(rows, start=2):  # line 1 is the header
+        if line in repeated:
+            continue  # counted by _repeated_masks
         where = f"row {line} of {csv_path}"
         name = row["LabelName"]
         if name not in label_of:

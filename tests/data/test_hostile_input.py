@@ -437,6 +437,33 @@ def test_via_repeated_filename(tmp_path):
     assert [_text(r["file_name"]) for r in _records(builder)] == ["photo0.jpg", "photo2.jpg"]
 
 
+def test_png_mask_repeated_mask_path(tmp_path):
+    root = tmp_path / "oi"
+    fx.png_mask_dataset(str(root), num_images=2)
+    lines = (root / "masks.csv").read_text().splitlines()
+    lines.append(lines[3])  # row 4 (the second image's first mask) again, as row 6
+    (root / "dup.csv").write_text("\n".join(lines) + "\n")
+
+    def build(skip):
+        return instances.build_custom(
+            tmp_path / f"tfds{skip}",
+            "png_masks",
+            ["/m/pumpkin", "/m/leaf"],
+            train={
+                "annotations": str(root / "dup.csv"),
+                "images": str(root / "images"),
+                "masks": str(root / "masks"),
+            },
+            skip_bad_input=skip,
+        )
+
+    with pytest.raises(BadInputError, match=r"MaskPath '\w+_0.png' is in rows \[4, 6\] of .*dup"):
+        build(False)
+    builder = build(True)
+    assert _hygiene(builder)["skipped: repeated MaskPath"] == 2
+    assert [len(r["objects"]["label"]) for r in _records(builder)] == [2, 1]
+
+
 # The size check is its own message: not a decode error, no chained traceback.
 
 
