@@ -88,3 +88,14 @@ class BadInputPolicy:
 
     def as_dict(self) -> dict[str, int]:
         return dict(sorted(self.counts.items()))
+
+
+def check_class_names(class_names, path: str) -> None:
+    """Raises `BadInputError` when `class_names` repeats a name: two labels for one class
+    (the reader would silently give every object the last of them)."""
+    repeated = [n for n, c in collections.Counter(class_names).items() if c > 1]
+    if repeated:
+        raise BadInputError(
+            f"reading {path}: class_names {list(class_names)} name {repeated[0]!r} more than "
+            "once; each name is one class (one label): remove the repeat from class_names"
+        )

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 
 from msrcnn.data.annotations import ImageAnnotation, ObjectAnnotation
-from msrcnn.data.bad_input import BadInputError, BadInputPolicy
+from msrcnn.data.bad_input import BadInputError, BadInputPolicy, check_class_names
 
 
 class RepeatedKeys(dict):
@@ -130,6 +130,7 @@ def read_coco_json(
     _check_unique_categories(category_list, json_path)
     by_id = dict(category_list)
     if class_names:
+        check_class_names(class_names, json_path)
         by_name = {name: cid for cid, name in by_id.items()}
         unknown = [n for n in class_names if n not in by_name]
         if unknown:

@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from msrcnn.data.annotations import ImageAnnotation, MaskFile, ObjectAnnotation
-from msrcnn.data.bad_input import BadInputError, BadInputPolicy
+from msrcnn.data.bad_input import BadInputError, BadInputPolicy, check_class_names
 
 _REQUIRED = ("MaskPath", "ImageID", "LabelName")
 _BOX = ("BoxXMin", "BoxYMin", "BoxXMax", "BoxYMax")
@@ -76,6 +76,7 @@ def read_png_masks(
     csv_path, image_dir, mask_dir = (os.fspath(p) for p in (csv_path, image_dir, mask_dir))
     if not class_names:
         raise BadInputError(f"reading {csv_path}: PNG-mask data needs class_names")
+    check_class_names(class_names, csv_path)
     label_of = {name: k + 1 for k, name in enumerate(class_names)}
     try:
         with open(csv_path, newline="", encoding="utf-8") as f:

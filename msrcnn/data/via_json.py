@@ -34,7 +34,7 @@ import os
 import numpy as np
 
 from msrcnn.data.annotations import ImageAnnotation, ObjectAnnotation
-from msrcnn.data.bad_input import BadInputError, BadInputPolicy
+from msrcnn.data.bad_input import BadInputError, BadInputPolicy, check_class_names
 from msrcnn.data.coco_json import RepeatedKeys, load_json
 
 _ELLIPSE_VERTICES = 64
@@ -134,6 +134,7 @@ def read_via_json(
     json_path = os.fspath(json_path)
     if not class_names:
         raise BadInputError(f"reading {json_path}: VIA data needs class_names")
+    check_class_names(class_names, json_path)
     data = _entries_of(load_json(json_path, "VIA annotation file", _entries_of))
     if isinstance(data, RepeatedKeys):
         pairs = data.pairs

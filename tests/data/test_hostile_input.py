@@ -16,7 +16,9 @@ from msrcnn.data import instances, pipeline
 from msrcnn.data.bad_input import BadInputError, BadInputPolicy
 from msrcnn.data.coco_json import read_coco_json
 from msrcnn.data.image_io import read_image
+from msrcnn.data.png_masks import read_png_masks
 from msrcnn.data.records import Instances
+from msrcnn.data.via_json import read_via_json
 from tests.data import instance_fixtures as fx
 
 SQUARE = [[10.0, 10.0, 30.0, 10.0, 30.0, 30.0, 10.0, 30.0]]
@@ -371,6 +373,28 @@ def test_repeated_coco_category(tmp_path, categories, pattern):
     for skip in (False, True):  # the categories are the model's classes: not skippable
         with pytest.raises(BadInputError, match=pattern):
             read_coco_json(json_path, str(tmp_path / "src"), BadInputPolicy(skip=skip))
+
+
+def test_repeated_class_names(tmp_path):
+    root = str(tmp_path / "src")
+    json_path = _coco(root, [_ann(7)], categories=[{"id": 1, "name": "thing"}])
+    pattern = r"class_names \['thing', 'thing'\] name 'thing' more than once"
+    with pytest.raises(BadInputError, match=pattern):
+        read_coco_json(json_path, root, BadInputPolicy(), ["thing", "thing"])
+    fx.via_dataset(str(tmp_path / "via"), num_images=1)
+    with pytest.raises(BadInputError, match=r"name 'balloon' more than once"):
+        read_via_json(
+            tmp_path / "via" / "via.json", tmp_path / "via", ["balloon"] * 2, BadInputPolicy()
+        )
+    fx.png_mask_dataset(str(tmp_path / "oi"), num_images=1)
+    with pytest.raises(BadInputError, match=r"name '/m/leaf' more than once"):
+        read_png_masks(
+            tmp_path / "oi" / "masks.csv",
+            tmp_path / "oi" / "images",
+            tmp_path / "oi" / "masks",
+            ["/m/leaf", "/m/pumpkin", "/m/leaf"],
+            BadInputPolicy(),
+        )
 
 
 @pytest.mark.parametrize(
