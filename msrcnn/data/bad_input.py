@@ -7,13 +7,17 @@ Every reader and builder reports a problem through one `BadInputPolicy`:
                    "not one of the ids in 'categories'; fix the id or add the category")
 
 With `skip=False` (the default) that raises `BadInputError` with the message, which names the
-file, the annotation and the fix. With `skip=True` it counts the problem under its reason, keeps
-the first few messages as examples, and the caller leaves the image or annotation out.
+file, the annotation and the fix, followed by how to skip such input instead; one line, so the
+command line can print it as it is. With `skip=True` it counts the problem under its reason,
+keeps the first few messages as examples, and the caller leaves the image or annotation out.
 `policy.summary()` lists every reason with its count; builders print it at the end and store the
 counts in the dataset's metadata, so nothing is dropped silently.
 
 Some clean-ups are not errors (a box clipped to the image, an object too small to train on):
 `policy.note(reason, message)` counts them whatever the setting.
+
+Counts are of items (images, annotations, rows), not of messages: one message about several
+items (both entries of a repeated image id, every image without objects) passes `count=`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,13 @@ _log = logging.getLogger(__name__)
 
 # Example messages kept per reason for the summary.
 _EXAMPLES_PER_REASON = 3
+
+# Appended to every problem raised as an error.
+# (The builders' argument has the same name as the command-line setting.)
+SKIP_HINT = (
+    "Or pass --config.data.skip_bad_input=True to leave such input out, counted in the build "
+    "summary."
+)
 
 
 class BadInputError(ValueError):
@@ -45,24 +56,24 @@ class BadInputPolicy:
         self.counts: collections.Counter[str] = collections.Counter()
         self.examples: dict[str, list[str]] = collections.defaultdict(list)
 
-    def problem(self, reason: str, message: str) -> None:
-        """Raises `BadInputError(message)`, or records a skip when `skip` is set."""
+    def problem(self, reason: str, message: str, count: int = 1) -> None:
+        """Raises `BadInputError(message)`, or records a skip of `count` items when `skip`
+        is set."""
         if not self.skip:
-            raise BadInputError(
-                f"{message}\n(Set the dataset's skip_bad_input option to leave such input out "
-                "and count it instead.)"
-            )
-        self._count(f"skipped: {reason}", message)
+            raise BadInputError(f"{message.rstrip('.')}. {SKIP_HINT}")
+        self._count(f"skipped: {reason}", message, count)
 
-    def note(self, reason: str, message: str) -> None:
-        """Records a clean-up that the data needs whatever the setting (never raises)."""
-        self._count(reason, message)
+    def note(self, reason: str, message: str, count: int = 1) -> None:
+        """Records a clean-up of `count` items that the data needs whatever the setting
+        (never raises)."""
+        self._count(reason, message, count)
 
-    def _count(self, key: str, message: str) -> None:
-        self.counts[key] += 1
+    def _count(self, key: str, message: str, count: int) -> None:
+        first = key not in self.counts
+        self.counts[key] += count
         if len(self.examples[key]) < _EXAMPLES_PER_REASON:
             self.examples[key].append(message)
-        if self.counts[key] == 1:
+        if first:
             _log.warning("%s: %s", key, message)
 
     def summary(self) -> str:
@@ -77,3 +88,14 @@ class BadInputPolicy:
 
     def as_dict(self) -> dict[str, int]:
         return dict(sorted(self.counts.items()))
+
+
+def check_class_names(class_names, path: str) -> None:
+    """Raises `BadInputError` when `class_names` repeats a name: two labels for one class
+    (the reader would silently give every object the last of them)."""
+    repeated = [n for n, c in collections.Counter(class_names).items() if c > 1]
+    if repeated:
+        raise BadInputError(
+            f"reading {path}: class_names {list(class_names)} name {repeated[0]!r} more than "
+            "once; each name is one class (one label): remove the repeat from class_names"
+        )

@@ -6,33 +6,96 @@ Categories are numbered 1..K in increasing category id (detectron2's contiguous 
 for COCO's 80 classes skips the unused ids); `categories` keeps (category id, name) per label
 so evaluation can write results with the dataset's own ids. Image ids are the json's.
 
-Checked here (each a `BadInputPolicy` problem naming the file and the annotation id): json that
-does not parse or lacks "images" / "annotations" / "categories", annotations whose image_id or
-category_id is unknown, images without file_name / id, annotations without a segmentation
-(Mask R-CNN needs a mask for every object).
+Checked here (each a `BadInputPolicy` problem naming the file and the annotation id):
+annotations whose image_id or category_id is unknown, images without file_name / id,
+annotations without a segmentation (Mask R-CNN needs a mask for every object), and repeats that
+json order would otherwise settle silently: an image id used by more than one entry of
+"images", an image file listed under more than one id (every such entry is left out when
+skipping, with its annotations: nothing says which is right), an annotation id used twice
+(every annotation with it left out). Errors whatever the setting: json that does not parse,
+lacks "images" / "annotations" / "categories" or repeats a key within an object, and a category
+id or name used twice (the categories are the model's classes).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+from collections.abc import Callable
 
 import numpy as np
 
 from msrcnn.data.annotations import ImageAnnotation, ObjectAnnotation
-from msrcnn.data.bad_input import BadInputError, BadInputPolicy
+from msrcnn.data.bad_input import BadInputError, BadInputPolicy, check_class_names
 
 
-def load_json(path: str | os.PathLike, what: str) -> object:
-    """json.load with errors that name the file and say what it should be."""
+class RepeatedKeys(dict):
+    """A JSON object that repeats a key. As a dict it holds the last value of each key (what
+    json.load gives); `pairs` keeps every (key, value) in file order."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: list[tuple[str, object]]):
+        super().__init__(pairs)
+        self.pairs = pairs
+
+    def repeats(self) -> dict[str, list[object]]:
+        """key -> its values in file order, for each key that appears more than once."""
+        values = collections.defaultdict(list)
+        for key, value in self.pairs:
+            values[key].append(value)
+        return {k: v for k, v in values.items() if len(v) > 1}
+
+
+def _describe(obj: RepeatedKeys) -> str:
+    keys = list(dict.fromkeys(k for k, _ in obj.pairs))
+    return f"keys {keys[:8]}{' ...' if len(keys) > 8 else ''}"
+
+
+def load_json(
+    path: str | os.PathLike,
+    what: str,
+    repeats_handled_in: Callable[[object], object] | None = None,
+) -> object:
+    """json.load with errors that name the file and say what it should be.
+
+    A key repeated within one object is an error: json.load keeps only the last value, so the
+    rest of what the file says would be ignored silently. The one exception is the object that
+    `repeats_handled_in(data)` returns (e.g. VIA's entries, where a repeat is one image to
+    skip): there the caller gets a `RepeatedKeys` and deals with the repeats itself.
+    """
     path = os.fspath(path)
+    repeated: list[RepeatedKeys] = []
+
+    def pairs_hook(pairs):
+        obj = dict(pairs)
+        if len(obj) == len(pairs):
+            return obj
+        obj = RepeatedKeys(pairs)
+        repeated.append(obj)
+        return obj
+
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            data = json.load(f, object_pairs_hook=pairs_hook)
     except FileNotFoundError:
         raise BadInputError(f"{what} {path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadInputError(f"{what} {path} is not valid JSON: {e}") from None
+    handled = repeats_handled_in(data) if repeated and repeats_handled_in else None
+    for obj in repeated:
+        if obj is handled:
+            continue
+        key, values = next(iter(obj.repeats().items()))
+        scalars = all(isinstance(v, (str, int, float, bool, type(None))) for v in values)
+        shown = f" (values {', '.join(repr(v)[:40] for v in values)})" if scalars else ""
+        raise BadInputError(
+            f"{what} {path}: key {key!r} appears {len(values)} times in one object "
+            f"({_describe(obj)}){shown}; a JSON reader keeps only the last, so the rest of the "
+            "file's content would be ignored: remove or rename the repeated key (not skippable)"
+        )
+    return data
 
 
 def read_coco_json(
@@ -61,10 +124,13 @@ def read_coco_json(
             f"{json_path} is not a COCO instances file: missing {missing or 'a top-level object'}"
         )
     try:
-        by_id = {int(c["id"]): str(c["name"]) for c in data["categories"]}
+        category_list = [(int(c["id"]), str(c["name"])) for c in data["categories"]]
     except (KeyError, TypeError, ValueError) as e:
         raise BadInputError(f"{json_path}: every category needs an id and a name ({e})") from None
+    _check_unique_categories(category_list, json_path)
+    by_id = dict(category_list)
     if class_names:
+        check_class_names(class_names, json_path)
         by_name = {name: cid for cid, name in by_id.items()}
         unknown = [n for n in class_names if n not in by_name]
         if unknown:
@@ -76,7 +142,8 @@ def read_coco_json(
         categories = sorted(by_id.items())
     label_of = {cid: k + 1 for k, (cid, _) in enumerate(categories)}
 
-    images: dict[int, ImageAnnotation] = {}
+    image_dir = os.fspath(image_dir)
+    entries = []  # (image id, file name, (height, width) or None) per well-formed entry
     for entry in data["images"]:
         try:
             image_id, file_name = int(entry["id"]), str(entry["file_name"])
@@ -86,18 +153,31 @@ def read_coco_json(
         hw = None
         if "height" in entry and "width" in entry:
             hw = (int(entry["height"]), int(entry["width"]))
-        images[image_id] = ImageAnnotation(
-            image_id, os.path.join(os.fspath(image_dir), file_name), hw, [], json_path
-        )
+        entries.append((image_id, file_name, hw))
+    left_out = _repeated_images(entries, image_dir, json_path, policy)
+    images: dict[int, ImageAnnotation] = {
+        image_id: ImageAnnotation(image_id, os.path.join(image_dir, file_name), hw, [], json_path)
+        for image_id, file_name, hw in entries
+        if image_id not in left_out
+    }
+    repeated_ann_ids = _repeated_annotation_ids(data["annotations"], json_path, policy)
 
     for ann in data["annotations"]:
         ann_id = ann.get("id", "?") if isinstance(ann, dict) else "?"
+        if isinstance(ann, dict) and "id" in ann and str(ann_id) in repeated_ann_ids:
+            continue  # counted by _repeated_annotation_ids
         where = f"annotation {ann_id} in {json_path}"
         try:
             image_id, category_id = int(ann["image_id"]), int(ann["category_id"])
         except (KeyError, TypeError, ValueError):
             policy.problem(
                 "malformed annotation", f"{where} needs integer image_id and category_id"
+            )
+            continue
+        if image_id in left_out:
+            policy.problem(
+                "annotation of a left-out image",
+                f"{where}: its image {image_id} is left out ({left_out[image_id]})",
             )
             continue
         if image_id not in images:
@@ -144,3 +224,97 @@ def read_coco_json(
             )
         )
     return categories, list(images.values())
+
+
+def _check_unique_categories(categories: list[tuple[int, str]], json_path: str) -> None:
+    """Raises on a category id or name used twice: the categories are the model's classes, so
+    one cannot be skipped; json order would silently decide which one counts."""
+    for cid, n in collections.Counter(cid for cid, _ in categories).items():
+        if n > 1:
+            names = ", ".join(repr(name) for i, name in categories if i == cid)
+            raise BadInputError(
+                f"category id {cid} is used by {n} categories ({names}) in {json_path}; "
+                "category ids must be unique: remove the duplicate entry or give the other "
+                "category a new id (and its annotations that category_id); not skippable, the "
+                "categories are the model's classes"
+            )
+    for name, n in collections.Counter(name for _, name in categories).items():
+        if n > 1:
+            ids = [cid for cid, other in categories if other == name]
+            raise BadInputError(
+                f"category name {name!r} is used by {n} categories (ids {ids}) in {json_path}; "
+                "names must be unique: rename one, or merge them into one category (one id for "
+                "all their annotations); not skippable, the categories are the model's classes"
+            )
+
+
+def _repeated_images(
+    entries: list[tuple[int, str, tuple[int, int] | None]],
+    image_dir: str,
+    json_path: str,
+    policy: BadInputPolicy,
+) -> dict[int, str]:
+    """Image ids used by more than one entry, and files listed under more than one id.
+
+    Nothing says which of the entries is right, nor which image an annotation of a repeated id
+    belongs to, so (when the policy skips) every entry of such an id or file is left out
+    (counted per entry), and their annotations with them (counted by the caller).
+
+    Returns:
+      {image id: why it is left out}.
+    """
+    left_out: dict[int, str] = {}
+    files: dict[int, list[str]] = collections.defaultdict(list)
+    for image_id, file_name, _ in entries:
+        files[image_id].append(file_name)
+    for image_id, names in files.items():
+        if len(names) > 1:
+            policy.problem(
+                "repeated image id",
+                f"image id {image_id} is used by {len(names)} entries of 'images' in {json_path} "
+                f"(file_name {', '.join(repr(n) for n in names)}); each image needs its own id: "
+                "remove the duplicate entry, or give the other image a new id (and its "
+                "annotations that image_id)",
+                count=len(names),
+            )
+            left_out[image_id] = f"image id {image_id} is repeated in 'images'"
+    ids_of: dict[str, list[int]] = collections.defaultdict(list)
+    for image_id, file_name, _ in entries:
+        if image_id not in left_out:
+            ids_of[os.path.normpath(os.path.join(image_dir, file_name))].append(image_id)
+    for path, image_ids in ids_of.items():
+        if len(image_ids) > 1:
+            policy.problem(
+                "image file listed by more than one image id",
+                f"{path} is the file of image ids {image_ids} in {json_path}; each image belongs "
+                "in 'images' once: remove the duplicate entries and give their annotations the "
+                "id of the one kept",
+                count=len(image_ids),
+            )
+            for image_id in image_ids:
+                left_out[image_id] = f"its file {path} is listed by image ids {image_ids}"
+    return left_out
+
+
+def _repeated_annotation_ids(annotations: list, json_path: str, policy: BadInputPolicy) -> set[str]:
+    """Annotation ids (as text, the form records store) used by more than one annotation.
+
+    When the policy skips, every annotation with such an id is left out (counted per
+    annotation): nothing says which is right, and records trace objects by their id.
+    """
+    image_ids: dict[str, list] = collections.defaultdict(list)
+    for ann in annotations:
+        if isinstance(ann, dict) and "id" in ann:
+            image_ids[str(ann["id"])].append(ann.get("image_id"))
+    repeated = set()
+    for ann_id, on in image_ids.items():
+        if len(on) > 1:
+            policy.problem(
+                "repeated annotation id",
+                f"annotation id {ann_id} is used by {len(on)} annotations in {json_path} (of "
+                f"image ids {on}); annotation ids must be unique: remove the duplicate "
+                "annotation or give the other one a new id",
+                count=len(on),
+            )
+            repeated.add(ann_id)
+    return repeated

@@ -96,15 +96,21 @@ def read_image(
     """
     path = os.fspath(path)
     where = f"{path} ({context})" if context else path
+    # Problems are reported after the except clauses, so that the error raised (when the policy
+    # does not skip) is the message alone, without the caught exception chained to it.
+    unreadable = undecodable = None
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
+        unreadable = e.strerror or str(e)
+    if unreadable is not None:
         policy.problem(
             "missing or unreadable image file",
-            f"cannot read image {where}: {e.strerror or e}; check the image folder setting",
+            f"cannot read image {where}: {unreadable}; check the image folder setting",
         )
         return None
+    size_mismatch = None
     try:
         with Image.open(io.BytesIO(data)) as opened:
             opened.load()
@@ -112,7 +118,8 @@ def read_image(
             orientation = opened.getexif().get(_EXIF_ORIENTATION, 1)
             rotated = ImageOps.exif_transpose(opened)
             plain_rgb_jpeg = opened.format == "JPEG" and opened.mode == "RGB"
-            if expected_hw is not None and (rotated.height, rotated.width) != tuple(expected_hw):
+            shown_hw = (rotated.height, rotated.width)
+            if expected_hw is not None and shown_hw != tuple(expected_hw):
                 if stored_hw == tuple(expected_hw):
                     policy.note(
                         "EXIF rotation not applied: annotations match the stored pixels",
@@ -121,18 +128,28 @@ def read_image(
                     )
                     rotated, orientation = opened, 1
                 else:
-                    policy.problem(
-                        "image size differs from the annotation",
-                        f"image {where} is {stored_hw[0]}x{stored_hw[1]} (height x width) but "
-                        f"the annotation says {expected_hw[0]}x{expected_hw[1]}; the file "
-                        "does not belong to this annotation or was resized",
-                    )
-                    return None
-            pixels = to_rgb_uint8(rotated)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                    size_mismatch = (stored_hw, shown_hw)
+            if size_mismatch is None:
+                pixels = to_rgb_uint8(rotated)
+    except UnidentifiedImageError:
+        undecodable = "Pillow cannot identify it as an image (damaged, or not an image file)"
+    except (OSError, SyntaxError, ValueError) as e:
+        undecodable = str(e)
+    if undecodable is not None:
         policy.problem(
             "corrupt image file",
-            f"cannot decode image {where}: {e}; re-download or remove the file",
+            f"cannot decode image {where}: {undecodable}; re-download or remove the file",
+        )
+        return None
+    if size_mismatch is not None:
+        (h, w), shown = size_mismatch
+        rotation = f", {shown[0]}x{shown[1]} after its EXIF rotation" if shown != (h, w) else ""
+        policy.problem(
+            "image size differs from the annotation",
+            f"image {where} is {h}x{w} (height x width){rotation} but the annotation says "
+            f"{expected_hw[0]}x{expected_hw[1]}: the file does not belong to this annotation "
+            "or was resized; fix the annotation's height / width or put the annotated file "
+            "in its place",
         )
         return None
     if orientation not in (None, 1):

@@ -22,7 +22,8 @@ Both store the same record (the `msrcnn.data.records` format, masks as RLE):
 Metadata: class_names, category_ids (the dataset's category id of labels 1..K), and per split
 `image_hw` and `num_instances` (non-crowd objects) per record, so the training pipeline can
 leave out images without annotations and group images by shape without decoding them, plus
-`hygiene`: what the build skipped or changed, by reason (also printed at the end of the build).
+`hygiene`: what the build skipped or changed, by reason: {split: {reason: number of items
+(images, annotations, rows)}} (also printed at the end of the build).
 
 Bad input (corrupt or missing images, unknown categories, malformed json, ...) stops the build
 with an error naming the file and annotation, unless `skip_bad_input=True`: then it is counted
@@ -137,7 +138,11 @@ class _InstanceBuilder(tfds.core.GeneratorBasedBuilder):
             yield len(split_meta["image_hw"]) - 1, record
         no_objects = split_meta["num_instances"].count(0)
         if no_objects:
-            policy.note("images without any (non-crowd) object, kept", f"{no_objects} in {split}")
+            policy.note(
+                "images without any (non-crowd) object, kept",
+                f"{no_objects} of {len(split_meta['num_instances'])} images in {split}",
+                count=no_objects,
+            )
         meta.setdefault("splits", {})[split] = split_meta
         meta.setdefault("hygiene", {})[split] = policy.as_dict()
         print(f"{self.name} {split}: {len(split_meta['image_hw'])} images\n{policy.summary()}")

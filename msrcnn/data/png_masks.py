@@ -10,18 +10,21 @@ the image is `ImageID` + .jpg / .jpeg / .png in the image folder. A mask PNG who
 from its image (Open Images masks are not at image resolution) is resized to it with nearest
 neighbour. Class names are matched against LabelName exactly (for Open Images, the MIDs such as
 "/m/05zsy"). Rows with an unknown LabelName, a missing image or mask, or a malformed box are
-problems of the `BadInputPolicy`. Image ids are 1, 2, ... in order of first appearance.
+problems of the `BadInputPolicy`, as is a MaskPath in more than one row (one mask is one
+instance; every such row is left out when skipping). Image ids are 1, 2, ... in order of first
+appearance.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import os
 
 import numpy as np
 
 from msrcnn.data.annotations import ImageAnnotation, MaskFile, ObjectAnnotation
-from msrcnn.data.bad_input import BadInputError, BadInputPolicy
+from msrcnn.data.bad_input import BadInputError, BadInputPolicy, check_class_names
 
 _REQUIRED = ("MaskPath", "ImageID", "LabelName")
 _BOX = ("BoxXMin", "BoxYMin", "BoxXMax", "BoxYMax")
@@ -36,6 +39,32 @@ def _find_image(image_dir: str, image_id: str) -> str | None:
     return None
 
 
+def _repeated_masks(
+    rows: list[dict], mask_dir: str, csv_path: str, policy: BadInputPolicy
+) -> set[int]:
+    """CSV lines of rows whose MaskPath another row also has.
+
+    Several rows per ImageID are normal (one per instance), but a mask file is one instance:
+    listed twice it is trained on twice, or (other LabelName) as two classes. Nothing says
+    which row is right, so (when the policy skips) every row of such a mask is left out,
+    counted per row.
+    """
+    lines: dict[str, list[int]] = collections.defaultdict(list)
+    for line, row in enumerate(rows, start=2):
+        lines[os.path.normpath(os.path.join(mask_dir, row["MaskPath"] or ""))].append(line)
+    repeated: set[int] = set()
+    for same in lines.values():
+        if len(same) > 1:
+            policy.problem(
+                "repeated MaskPath",
+                f"MaskPath {rows[same[0] - 2]['MaskPath']!r} is in rows {same} of {csv_path}; "
+                "a mask file is one instance: remove the duplicate rows",
+                count=len(same),
+            )
+            repeated.update(same)
+    return repeated
+
+
 def read_png_masks(
     csv_path: str | os.PathLike,
     image_dir: str | os.PathLike,
@@ -47,6 +76,7 @@ def read_png_masks(
     csv_path, image_dir, mask_dir = (os.fspath(p) for p in (csv_path, image_dir, mask_dir))
     if not class_names:
         raise BadInputError(f"reading {csv_path}: PNG-mask data needs class_names")
+    check_class_names(class_names, csv_path)
     label_of = {name: k + 1 for k, name in enumerate(class_names)}
     try:
         with open(csv_path, newline="", encoding="utf-8") as f:
@@ -59,8 +89,11 @@ def read_png_masks(
         raise BadInputError(f"{csv_path} lacks the columns {missing}; it has {list(header)}")
     has_box = all(c in header for c in _BOX)
 
+    repeated = _repeated_masks(rows, mask_dir, csv_path, policy)
     images: dict[str, ImageAnnotation] = {}
     for line, row in enumerate(rows, start=2):  # line 1 is the header
+        if line in repeated:
+            continue  # counted by _repeated_masks
         where = f"row {line} of {csv_path}"
         name = row["LabelName"]
         if name not in label_of:

@@ -17,19 +17,25 @@ COCO's own polygons, with points in continuous pixel coordinates (pixel (i, j) c
 The class is the region attribute `class_attribute` (a text value, or the one checked box of a
 checkbox attribute). Without that attribute a region belongs to the only class when there is
 one (the balloon dataset has no attributes); otherwise it is a problem, as is an unknown name.
-Image ids are 1, 2, ... in file order.
+Image ids are 1, 2, ... in file order (the place of the entry in the file, so leaving an entry
+out does not renumber the others).
+
+An entry key that appears more than once (a JSON reader would silently keep the last) and a
+filename that more than one entry has are problems: when skipping, every such entry is left out
+(nothing says which is right). Any other key repeated within an object is an error.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 
 import numpy as np
 
 from msrcnn.data.annotations import ImageAnnotation, ObjectAnnotation
-from msrcnn.data.bad_input import BadInputError, BadInputPolicy
-from msrcnn.data.coco_json import load_json
+from msrcnn.data.bad_input import BadInputError, BadInputPolicy, check_class_names
+from msrcnn.data.coco_json import RepeatedKeys, load_json
 
 _ELLIPSE_VERTICES = 64
 
@@ -68,6 +74,55 @@ def _region_class(attributes: dict, class_attribute: str) -> str | None:
     return None if value in (None, "") else str(value)
 
 
+def _entries_of(data: object) -> object:
+    """The object of VIA entries: the file's top level, or a project's `_via_img_metadata`."""
+    if isinstance(data, dict) and "_via_img_metadata" in data:
+        return data["_via_img_metadata"]
+    return data
+
+
+def _repeated_entries(
+    pairs: list[tuple[str, dict]], image_dir: str, json_path: str, policy: BadInputPolicy
+) -> set[int]:
+    """Places (in `pairs`) of entries whose key repeats, or whose file another entry also has.
+
+    A repeated key is one image annotated twice (a JSON reader would keep only the last); two
+    keys with one filename (VIA keys are filename + size) mean an older version of the file's
+    regions. Nothing says which entry is right, so (when the policy skips) all of them are left
+    out, counted per entry.
+    """
+    places: dict[str, list[int]] = collections.defaultdict(list)
+    for index, (key, _) in enumerate(pairs):
+        places[key].append(index)
+    left_out: set[int] = set()
+    for key, indices in places.items():
+        if len(indices) > 1:
+            policy.problem(
+                "repeated VIA entry key",
+                f"entry key {key!r} appears {len(indices)} times in {json_path}; VIA has one "
+                "entry per image: merge their regions into one entry and remove the others",
+                count=len(indices),
+            )
+            left_out.update(indices)
+    by_file: dict[str, list[int]] = collections.defaultdict(list)
+    for index, (_, entry) in enumerate(pairs):
+        if index not in left_out:
+            path = os.path.normpath(os.path.join(image_dir, str(entry["filename"])))
+            by_file[path].append(index)
+    for indices in by_file.values():
+        if len(indices) > 1:
+            keys = ", ".join(repr(pairs[i][0]) for i in indices)
+            policy.problem(
+                "VIA image file listed by more than one entry",
+                f"{pairs[indices[0]][1]['filename']} is the file of {len(indices)} entries "
+                f"(keys {keys}) in {json_path}; VIA has one entry per image: merge their "
+                "regions into one entry and remove the others",
+                count=len(indices),
+            )
+            left_out.update(indices)
+    return left_out
+
+
 def read_via_json(
     json_path: str | os.PathLike,
     image_dir: str | os.PathLike,
@@ -79,21 +134,26 @@ def read_via_json(
     json_path = os.fspath(json_path)
     if not class_names:
         raise BadInputError(f"reading {json_path}: VIA data needs class_names")
-    data = load_json(json_path, "VIA annotation file")
-    if isinstance(data, dict) and "_via_img_metadata" in data:
-        data = data["_via_img_metadata"]
-    if not isinstance(data, dict) or any(
-        not isinstance(v, dict) or "filename" not in v for v in data.values()
-    ):
+    check_class_names(class_names, json_path)
+    data = _entries_of(load_json(json_path, "VIA annotation file", _entries_of))
+    if isinstance(data, RepeatedKeys):
+        pairs = data.pairs
+    else:
+        pairs = list(data.items()) if isinstance(data, dict) else None
+    if pairs is None or any(not isinstance(v, dict) or "filename" not in v for _, v in pairs):
         raise BadInputError(
             f"{json_path} is not a VIA 1.x/2.x region file: expected an object of entries with "
             "'filename' and 'regions' (VIA 3 projects: export as VIA 2 json)"
         )
+    image_dir = os.fspath(image_dir)
+    left_out = _repeated_entries(pairs, image_dir, json_path, policy)
     label_of = {name: k + 1 for k, name in enumerate(class_names)}
     images = []
-    for index, entry in enumerate(data.values()):
+    for index, (_, entry) in enumerate(pairs):
+        if index in left_out:
+            continue
         image = ImageAnnotation(
-            index + 1, os.path.join(os.fspath(image_dir), entry["filename"]), None, [], json_path
+            index + 1, os.path.join(image_dir, entry["filename"]), None, [], json_path
         )
         regions = entry.get("regions") or []
         if isinstance(regions, dict):  # VIA 1.x: {"0": region, "1": region}
