@@ -52,6 +52,7 @@ from msrcnn.data.via_json import read_via_json
 _log = logging.getLogger(__name__)
 
 FORMATS = ("coco", "via", "png_masks")
+COCO_YEARS = ("2017", "2014")
 SPLITS = ("train", "validation")
 
 COCO_INSTRUCTIONS = """\
@@ -163,22 +164,42 @@ class _InstanceBuilder(tfds.core.GeneratorBasedBuilder):
         }
 
 
+@dataclasses.dataclass(eq=False)
+class CocoConfig(tfds.core.BuilderConfig):
+    """COCO of one year from one folder. The name holds the year and a digest of the folder's
+    absolute path, so another folder (the generated tiny_coco, then the real download) builds
+    anew instead of reusing what the first one built.
+
+    Attributes:
+      year: '2017' or '2014'.
+      manual_dir: absolute path of the folder holding annotations/ and the image folders.
+    """
+
+    name: str = ""
+    year: str = "2017"
+    manual_dir: str = ""
+
+    def __post_init__(self):
+        if self.year not in COCO_YEARS:
+            raise ValueError(f"unknown COCO year {self.year!r}; use one of {COCO_YEARS}")
+        if not self.name:
+            digest = hashlib.sha1(self.manual_dir.encode()).hexdigest()[:12]
+            self.name = f"{self.year}_{digest}"
+
+
 class CocoInstances(_InstanceBuilder):
-    """COCO 2014 / 2017 instance segmentation from a local download (`manual_dir`)."""
+    """COCO 2014 / 2017 instance segmentation from a local download (see CocoConfig)."""
 
     name = "coco_instances"
     MANUAL_DOWNLOAD_INSTRUCTIONS = COCO_INSTRUCTIONS
-    BUILDER_CONFIGS: ClassVar[list[tfds.core.BuilderConfig]] = [
-        tfds.core.BuilderConfig(name="2017", description="COCO 2017 train / val"),
-        tfds.core.BuilderConfig(name="2014", description="COCO 2014 train / val"),
-    ]
+    BUILDER_CONFIGS: ClassVar[list[CocoConfig]] = [CocoConfig(name="default")]
 
-    def __init__(self, *, manual_dir: str = "", **kwargs):
-        self.coco_dir = os.fspath(manual_dir)
-        super().__init__(**kwargs)
+    @property
+    def coco_dir(self) -> str:
+        return self.builder_config.manual_dir
 
     def _files(self, split: str) -> tuple[str, str]:
-        year = self.builder_config.name
+        year = self.builder_config.year
         part = "train" if split == "train" else "val"
         return (
             os.path.join(self.coco_dir, "annotations", f"instances_{part}{year}.json"),
@@ -190,7 +211,7 @@ class CocoInstances(_InstanceBuilder):
         missing = [p for s in SPLITS for p in self._files(s) if not os.path.exists(p)]
         if not self.coco_dir or missing:
             raise FileNotFoundError(
-                f"COCO {self.builder_config.name} is not in manual_dir={self.coco_dir!r}"
+                f"COCO {self.builder_config.year} is not in manual_dir={self.coco_dir!r}"
                 + (f": missing {missing}" if self.coco_dir else "")
                 + "\n"
                 + COCO_INSTRUCTIONS
@@ -263,12 +284,12 @@ class CustomInstances(_InstanceBuilder):
 
 
 def build_coco(data_dir, manual_dir: str, year: int | str = 2017, skip_bad_input=False):
-    """Builds (once) and returns the `coco_instances` builder for `year`."""
+    """Builds (once per year and folder) and returns the `coco_instances` builder."""
+    config = CocoConfig(
+        year=str(year), manual_dir=os.path.abspath(manual_dir) if manual_dir else ""
+    )
     builder = CocoInstances(
-        config=str(year),
-        data_dir=os.fspath(data_dir),
-        manual_dir=manual_dir,
-        skip_bad_input=skip_bad_input,
+        config=config, data_dir=os.fspath(data_dir), skip_bad_input=skip_bad_input
     )
     if not builder.is_prepared():
         builder.check_manual_dir()

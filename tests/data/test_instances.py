@@ -174,3 +174,20 @@ def test_png_masks_resized_to_image(tmp_path):
 
 def test_build_does_not_import_tensorflow(coco_built):
     assert "tensorflow" not in sys.modules or not hasattr(sys.modules["tensorflow"], "Tensor")
+
+
+def test_each_coco_folder_builds_its_own_dataset(tmp_path):
+    """The generated tiny_coco and then the real download into the same data_dir: the second
+    must not reuse what the first built (both are COCO 2017 by year)."""
+    from msrcnn.data import tiny_coco
+
+    data_dir = tmp_path / "tfds"
+    tiny_coco.main([str(tmp_path / "a"), "--num_train=2", "--num_val=1", "--size=32"])
+    tiny_coco.main([str(tmp_path / "b"), "--num_train=3", "--num_val=1", "--size=32"])
+    first = instances.build_coco(data_dir, str(tmp_path / "a"))
+    second = instances.build_coco(data_dir, str(tmp_path / "b"))
+    assert first.info.splits["train"].num_examples == 2
+    assert second.info.splits["train"].num_examples == 3
+    # The same folder, named by another relative path, is the same dataset.
+    again = instances.build_coco(data_dir, os.path.relpath(tmp_path / "a"))
+    assert again.data_path == first.data_path
