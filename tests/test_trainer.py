@@ -38,6 +38,7 @@ from tests.trainer_helpers import (
     read_metrics,
     read_scalars,
     tiny_config,
+    tiny_train_command,
 )
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -186,6 +187,52 @@ def test_resume_matches_uninterrupted_run(two_steps, tmp_path, no_eval, monkeypa
     before = flat_arrays(checkpointing.load_variables(str(workdir / "checkpoints"), step=2)[0])
     after = flat_arrays(checkpointing.load_variables(str(fresh / "checkpoints"), step=3)[0])
     assert any(not np.array_equal(v, after[k]) for k, v in before.items())
+
+
+def test_refused_resume_closes_the_checkpointer(two_steps, tmp_path, monkeypatch):
+    """A resume refused for a changed config (no allow_config_change) raises the refusal and
+    closes the checkpoint manager on the way out: no orbax threads are left to fail at
+    interpreter shutdown."""
+    workdir, config, _ = two_steps
+    resumed = tmp_path / "resumed"
+    shutil.copytree(workdir / "checkpoints", resumed / "checkpoints")
+    closed = []
+
+    class RecordingCheckpointer(checkpointing.TrainCheckpointer):
+        def close(self):
+            super().close()
+            closed.append(self.manager)
+
+    monkeypatch.setattr(checkpointing, "TrainCheckpointer", RecordingCheckpointer)
+    config = tiny_config(config.data.data_dir, num_steps=3)
+    with pytest.raises(ValueError, match="was written by a different config"):
+        trainer.train_and_evaluate(config, str(resumed))
+    assert len(closed) == 1
+
+
+def test_refused_resume_command_ends_with_the_refusal(two_steps, tmp_path):
+    """`python -m msrcnn.train` refusing to resume (experiments/tiny.py differs from the test
+    config): the refusal is the last thing on stderr, no orbax error after it."""
+    workdir, config, _ = two_steps
+    resumed = tmp_path / "resumed"
+    shutil.copytree(workdir / "checkpoints", resumed / "checkpoints")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    if FAST_COMPILE:  # the programs this module compiled, from the persistent cache
+        env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+    out = subprocess.run(
+        tiny_train_command(resumed, config.data.data_dir, 3),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "cannot schedule new futures" not in out.stderr, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ValueError: "), out.stderr[-3000:]
+    assert "was written by a different config" in last
+    assert "allow_config_change" in last
 
 
 def test_sharded_step_matches_single_device(sharded_worker, two_steps):
