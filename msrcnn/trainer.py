@@ -224,16 +224,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         num_steps = config.train.num_steps
         first = int(state.step)
         logged: dict[str, float] = {}
-        bar = tqdm.tqdm(
-            total=num_steps,
-            initial=first,
-            desc="train",
-            disable=jax.process_index() != 0,
-            dynamic_ncols=True,
-            # Redirected to a file: a line every 30 s instead of a carriage-return flood.
-            mininterval=0.1 if sys.stderr.isatty() else 30.0,
-        )
-        cleanup.callback(bar.close)
+        losses = None  # the bar's postfix
+        bar = _progress_bar(num_steps, first)
+        cleanup.callback(lambda: bar.close())  # the bar of the moment (see eval_every)
         start = time.time()
         nonfinite = NonFiniteTracker()
         preemption = cleanup.enter_context(PreemptionFlag())
@@ -248,14 +241,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 logged["skipped_nonfinite"] = skipped
                 logged["steps_per_s"] = (step - first) / max(time.time() - start, 1e-9)
                 writer.write(step, logged)
-                bar.set_postfix(
-                    {
-                        k.removeprefix("loss_"): f"{v:.3f}"
-                        for k, v in logged.items()
-                        if k.startswith("loss")
-                    },
-                    refresh=False,
-                )
+                losses = {
+                    k.removeprefix("loss_"): f"{v:.3f}"
+                    for k, v in logged.items()
+                    if k.startswith("loss")
+                }
+                bar.set_postfix(losses, refresh=False)
             stop = preemption.stop_now(step, config.train.log_every)
             if step % config.train.checkpoint_every == 0 or step == num_steps or stop:
                 nonfinite.check(config, last_saved)  # never save after a non-finite step
@@ -267,9 +258,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 return {"step": step, "metrics": logged, "eval": None, "preempted": True}
             every = config.train.eval_every
             if every and step % every == 0 and step != num_steps:
+                # The table goes below the bar's last state, never under a bar that redraws
+                # itself over it; a new bar continues below (its rate without the evaluation).
+                bar.close()
                 _evaluate_and_log(config, model, state, data, writer, workdir, step)
+                bar = _progress_bar(num_steps, step, postfix=losses)
+        bar.close()  # its last state, before the table (closing again does nothing)
         eval_table = _evaluate_and_log(config, model, state, data, writer, workdir, num_steps)
     return {"step": int(state.step), "metrics": logged, "eval": eval_table}
+
+
+def _progress_bar(num_steps: int, initial: int, postfix: dict | None = None) -> tqdm.tqdm:
+    return tqdm.tqdm(
+        total=num_steps,
+        initial=initial,
+        desc="train",
+        # As set_postfix writes it, in this order (a dict here would be sorted).
+        postfix=", ".join(f"{k}={v}" for k, v in postfix.items()) if postfix else None,
+        disable=jax.process_index() != 0,
+        dynamic_ncols=True,
+        # Redirected to a file: a line every 30 s instead of a carriage-return flood.
+        mininterval=0.1 if sys.stderr.isatty() else 30.0,
+    )
 
 
 def _init_from_checkpoint(config, optimizer, state: TrainState) -> TrainState:

@@ -14,6 +14,7 @@ its budget (< 90 s):
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import pathlib
@@ -85,6 +86,21 @@ def sharded_worker(request, data_dir, tmp_path_factory):
 def no_eval(monkeypatch):
     """Skips the final evaluation (covered by the first test) in later runs."""
     monkeypatch.setattr(trainer, "_evaluate_and_log", lambda *args, **kwargs: None)
+
+
+class StepTraces:
+    """Counts the traces of the trainer's train step: `train_step_lib.train_step` replaced by
+    a wrapper that counts its calls, which happen only while JAX traces it."""
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        step = train_step_lib.train_step
+
+        def counted(*args, **kwargs):
+            self.count += 1
+            return step(*args, **kwargs)
+
+        monkeypatch.setattr(train_step_lib, "train_step", counted)
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +203,60 @@ def test_resume_matches_uninterrupted_run(two_steps, tmp_path, no_eval, monkeypa
     before = flat_arrays(checkpointing.load_variables(str(workdir / "checkpoints"), step=2)[0])
     after = flat_arrays(checkpointing.load_variables(str(fresh / "checkpoints"), step=3)[0])
     assert any(not np.array_equal(v, after[k]) for k, v in before.items())
+
+
+@pytest.fixture(scope="module")
+def resumed_with_evals(two_steps, tmp_path_factory):
+    """The 2-step run resumed to 4 steps in this process (a fresh `train_and_evaluate`, as a
+    restarted command runs it), evaluating every step: -> (step traces, what the run wrote
+    to stdout and stderr together, in order). The evaluation is a stand-in that prints a
+    table line (the real one is covered by the first test)."""
+    workdir, config, _ = two_steps
+    resumed = tmp_path_factory.mktemp("resumed_with_evals")
+    shutil.copytree(workdir, resumed, dirs_exist_ok=True)
+    config = tiny_config(config.data.data_dir, num_steps=4, eval_every=1, allow_config_change=True)
+    output = io.StringIO()
+
+    def evaluate(config, model, state, data, writer, workdir, step):
+        print(f"EVAL TABLE at step {step}")
+        print("bbox AP 0.000")
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        traces = StepTraces(monkeypatch)
+        monkeypatch.setattr(trainer, "_evaluate_and_log", evaluate)
+        monkeypatch.setattr(sys, "stdout", output)
+        monkeypatch.setattr(sys, "stderr", output)  # the progress bar's stream
+        result = trainer.train_and_evaluate(config, str(resumed))
+    assert result["step"] == 4
+    return traces.count, output.getvalue()
+
+
+def _screen_lines(text: str) -> list[str]:
+    """The lines as a terminal shows them: a carriage return goes back to the line's start
+    (what follows overwrites; tqdm clears a bar with spaces)."""
+    lines = []
+    for raw in text.split("\n"):
+        screen = ""
+        for part in raw.split("\r"):
+            screen = part + screen[len(part) :]
+        lines.append(screen.rstrip())
+    return lines
+
+
+def test_progress_bar_is_not_drawn_over_or_after_the_tables(resumed_with_evals):
+    """The bar is closed before an evaluation prints its table (a new one continues below
+    it) and before the final evaluation: no bar over a table line, none after the last."""
+    _, output = resumed_with_evals
+    lines = _screen_lines(output)
+    tables = [i for i, line in enumerate(lines) if "EVAL TABLE" in line]
+    assert len(tables) == 2, output  # at step 3 (eval_every) and the final one at step 4
+    for i in tables:
+        assert lines[i] in ("EVAL TABLE at step 3", "EVAL TABLE at step 4"), output
+        assert lines[i + 1] == "bbox AP 0.000", output
+    assert lines[tables[0]] == "EVAL TABLE at step 3"
+    assert "train:" in "\n".join(lines[tables[0] + 2 : tables[1]]), output  # drawn again
+    assert "train: 100%" in "\n".join(lines[: tables[1]]), output  # closed, at 4/4
+    assert not any("train:" in line for line in lines[tables[1] :]), output
 
 
 def test_refused_resume_closes_the_checkpointer(two_steps, tmp_path, monkeypatch):
