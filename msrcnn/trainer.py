@@ -283,12 +283,14 @@ def _progress_bar(num_steps: int, initial: int, postfix: dict | None = None) -> 
 
 
 def _init_from_checkpoint(config, optimizer, state: TrainState) -> TrainState:
-    """`state` with `train.init_checkpoint`'s parameters and a fresh optimizer state."""
+    """`state` with `train.init_checkpoint`'s parameters and a fresh optimizer state, every
+    leaf placed as in `state` (the optimizer's step count would otherwise be unplaced, and
+    the first step would compile the train step for that placement, then again)."""
     params, reinitialized = checkpointing.load_init_params(
         config.train.init_checkpoint, state.params, config.train.init_reinitialize
     )
-    params = jax.device_put(params, jax.tree.map(lambda x: x.sharding, state.params))
-    state = state.replace(params=params, opt_state=optimizer.init(params))
+    placed = state.replace(params=params, opt_state=optimizer.init(params))
+    state = jax.device_put(placed, jax.tree.map(lambda x: x.sharding, state))
     print(f"initialised parameters from {config.train.init_checkpoint}")
     if reinitialized:
         print(f"  re-initialised (train.init_reinitialize), {len(reinitialized)} tensors:")

@@ -105,16 +105,21 @@ class StepTraces:
 
 @pytest.fixture(scope="module")
 def two_steps(data_dir, tmp_path_factory):
-    """One 2-step run with evaluation, shared by the tests that need a trained workdir."""
+    """One 2-step run with evaluation, shared by the tests that need a trained workdir. Its
+    result also holds `step_traces`, how often the run traced its train step."""
     workdir = tmp_path_factory.mktemp("two_steps")
     config = tiny_config(data_dir, num_steps=2)
-    result = trainer.train_and_evaluate(config, str(workdir))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        traces = StepTraces(monkeypatch)
+        result = trainer.train_and_evaluate(config, str(workdir))
+    result["step_traces"] = traces.count
     return workdir, config, result
 
 
 def test_two_steps_write_logs_checkpoints_and_eval(two_steps):
     workdir, config, result = two_steps
     assert result["step"] == 2
+    assert result["step_traces"] == 1  # one shape bucket: one trace for both steps
     metrics = result["metrics"]
     for term in (*LOSS_TERMS, "loss", "grad_norm"):
         assert term in metrics, term
@@ -229,6 +234,15 @@ def resumed_with_evals(two_steps, tmp_path_factory):
         result = trainer.train_and_evaluate(config, str(resumed))
     assert result["step"] == 4
     return traces.count, output.getvalue()
+
+
+def test_resume_traces_the_step_as_often_as_a_fresh_run(two_steps, resumed_with_evals):
+    """The restored state is placed as the fresh one (every leaf with the freshly
+    initialised state's sharding), so the first step after a restart does not trace (and
+    compile) the step a second time."""
+    traces, output = resumed_with_evals
+    assert "resumed from step 2" in output
+    assert traces == two_steps[2]["step_traces"] == 1
 
 
 def _screen_lines(text: str) -> list[str]:
@@ -483,19 +497,25 @@ def test_restore_into_different_model_names_fields(two_steps):
     ]
 
 
-def test_init_checkpoint_with_named_reinitialisation(two_steps, tmp_path, no_eval, capsys):
+def test_init_checkpoint_with_named_reinitialisation(
+    two_steps, tmp_path, no_eval, capsys, monkeypatch
+):
     """A run initialised from another run's checkpoints, the class layers named for fresh
-    initialisation: the run lists them; every other tensor starts as the checkpoint's."""
+    initialisation: the run lists them; every other tensor starts as the checkpoint's. The
+    loaded state is placed as a fresh one: the step traces once, as in a fresh run."""
     workdir, config, _ = two_steps
     config = tiny_config(
         config.data.data_dir,
-        num_steps=1,
+        num_steps=2,
+        checkpoint_every=100,  # the final step only
         init_checkpoint=str(workdir / "checkpoints"),
         init_reinitialize=("classes",),
         learning_rate=0.0,
         warmup_factor=0.0,
     )
+    traces = StepTraces(monkeypatch)
     trainer.train_and_evaluate(config, str(tmp_path / "finetune"))
+    assert traces.count == 1
     out = capsys.readouterr().out
     assert f"initialised parameters from {workdir / 'checkpoints'}" in out
     assert "re-initialised (train.init_reinitialize), 8 tensors:" in out
@@ -505,6 +525,6 @@ def test_init_checkpoint_with_named_reinitialisation(two_steps, tmp_path, no_eva
     source = checkpointing.flat_names(source["params"])
     started = checkpointing.flat_names(started["params"])
     assert started.keys() == source.keys()
-    for name, value in source.items():  # a zero learning rate: the step changes nothing
+    for name, value in source.items():  # a zero learning rate: the steps change nothing
         same = np.array_equal(started[name], value)
         assert same != (name.rsplit("/", 1)[0] in checkpointing.CLASS_LAYERS), name
