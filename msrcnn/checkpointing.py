@@ -228,6 +228,14 @@ def check_config_drift(stored: dict, config: ml_collections.ConfigDict, where: s
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing]
 
 
+def _place_like(value, target):
+    """`value` on `target`'s devices with its sharding (as is where `target` has none)."""
+    placement = getattr(target, "sharding", None)
+    if placement is None:
+        return value
+    return jax.device_put(value, placement)
+
+
 class TrainCheckpointer:
     """Training checkpoints: variables, optimizer state, data iterator position and config.
 
@@ -302,7 +310,8 @@ class TrainCheckpointer:
         ) from error
 
     def restore_latest(self, target_state):
-        """-> (state, iterator_state) from the latest step, or None if there is none.
+        """-> (state, iterator_state) from the latest step, or None if there is none. Every
+        leaf of the state is placed as in `target_state` (its shardings, where it has them).
 
         Raises ValueError if the stored config differs from the current one (see
         `check_config_drift`); `self.changed_settings` lists the accepted differences.
@@ -329,6 +338,10 @@ class TrainCheckpointer:
             opt_state=restored["opt_state"],
             batch_stats=variables.get("batch_stats", {}),
         )
+        # Every leaf placed as in the target (the step counter would otherwise be an
+        # unplaced scalar, and the first step after a restart would compile the train step
+        # for that placement, then again for the step's own output).
+        state = jax.tree.map(_place_like, state, target_state)
         data = restored["data"]
         if "per_process" in data:
             positions = data["per_process"]

@@ -45,9 +45,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from msrcnn import checkpointing, config_lib
+from msrcnn import checkpointing, cli, config_lib
 from msrcnn.models.ms_rcnn import RPN_LEVELS, MaskScoringRCNN
 from msrcnn.models.resnet import STAGE_BLOCKS, resnet_channels
 
@@ -630,7 +630,7 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["from", "checkpoint", "output"])
-    app.run(main)
+    cli.run(main)
 
 
 __all__ = [

@@ -11,15 +11,16 @@ import os
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from msrcnn import checkpointing, config_lib
+from msrcnn import checkpointing, cli, config_lib
 from msrcnn.evaluation import runner
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "training directory (reads its checkpoints)")
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
+flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv) -> None:
@@ -29,8 +30,6 @@ def main(argv) -> None:
     config = _CONFIG.value
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    if config is None or _WORKDIR.value is None:
-        raise app.UsageError("--config and --workdir are required")
     ckpt_dir = os.path.join(_WORKDIR.value, "checkpoints")
     variables, stored = checkpointing.load_variables(ckpt_dir, _STEP.value)
     if json.loads(stored.model.to_json()) != json.loads(config.model.to_json()):
@@ -46,4 +45,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

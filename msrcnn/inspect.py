@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from msrcnn import config_lib, visualize
+from msrcnn import cli, config_lib, visualize
 from msrcnn.data.bad_input import BadInputPolicy
 from msrcnn.data.image_io import read_image
 from msrcnn.evaluation.plots import pyplot
@@ -352,4 +352,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

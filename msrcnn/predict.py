@@ -34,7 +34,7 @@ import tqdm
 from absl import app, flags, logging
 from PIL import Image
 
-from msrcnn import visualize
+from msrcnn import cli, visualize
 from msrcnn.data.bad_input import BadInputError, BadInputPolicy
 from msrcnn.data.image_io import read_image
 from msrcnn.evaluation import coco_format
@@ -235,4 +235,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -13,7 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from msrcnn import checkpointing, trainer
+from msrcnn import checkpointing, cli, trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file", lock_config=True
@@ -53,10 +53,7 @@ def _has_accelerator() -> bool:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # A missing config file only raises when the config is first read: read it now, before
-    # any work, so the error names the file straight away.
-    config = _CONFIG.value
-    config.model.num_classes  # noqa: B018
+    config = _CONFIG.value  # read while parsing the flags (cli.parse_flags)
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
     if _DISTRIBUTED.value or _COORDINATOR.value:
@@ -73,4 +70,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -7,6 +7,7 @@ optimizer, step and the data iterator's position).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -192,53 +193,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = init_state(model, config, optimizer, mesh, image_hw)
     train_iter = data.train_iterator()
 
-    ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints"), config)
-    restored = ckpt.restore_latest(state)
-    if restored is not None:
-        state, iterator_state = restored
-        train_iter.set_state(iterator_state)
-        print(f"resumed from step {int(state.step)} in {workdir}")
-        for change in ckpt.changed_settings:
-            print(f"  with a changed setting (allow_config_change): {change}")
-    last_saved = int(state.step) if restored is not None else None
-    if restored is None and config.train.init_checkpoint:
-        params, reinitialized = checkpointing.load_init_params(
-            config.train.init_checkpoint, state.params, config.train.init_reinitialize
+    # Everything opened from here on is closed on every way out (a refused resume, a
+    # non-finite loss, Ctrl-C): an orbax manager left open fails noisily at interpreter
+    # shutdown, after the real error.
+    with contextlib.ExitStack() as cleanup:
+        ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints"), config)
+        cleanup.callback(ckpt.close)
+        restored = ckpt.restore_latest(state)
+        if restored is not None:
+            state, iterator_state = restored
+            train_iter.set_state(iterator_state)
+            print(f"resumed from step {int(state.step)} in {workdir}")
+            for change in ckpt.changed_settings:
+                print(f"  with a changed setting (allow_config_change): {change}")
+        last_saved = int(state.step) if restored is not None else None
+        if restored is None and config.train.init_checkpoint:
+            state = _init_from_checkpoint(config, optimizer, state)
+
+        repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+        state_sh = jax.tree.map(lambda _: repl, state)
+        step_fn = jax.jit(
+            functools.partial(train_step_lib.train_step, model, config, optimizer),
+            in_shardings=(state_sh, batch_sh),
+            out_shardings=(state_sh, repl),
+            donate_argnums=(0,),
         )
-        params = jax.device_put(params, jax.tree.map(lambda x: x.sharding, state.params))
-        state = state.replace(params=params, opt_state=optimizer.init(params))
-        print(f"initialised parameters from {config.train.init_checkpoint}")
-        if reinitialized:
-            print(f"  re-initialised (train.init_reinitialize), {len(reinitialized)} tensors:")
-            print("\n".join(f"    {name}" for name in reinitialized))
 
-    repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    state_sh = jax.tree.map(lambda _: repl, state)
-    step_fn = jax.jit(
-        functools.partial(train_step_lib.train_step, model, config, optimizer),
-        in_shardings=(state_sh, batch_sh),
-        out_shardings=(state_sh, repl),
-        donate_argnums=(0,),
-    )
-
-    writer = MetricsWriter(workdir)
-    num_steps = config.train.num_steps
-    first = int(state.step)
-    logged: dict[str, float] = {}
-    bar = tqdm.tqdm(
-        total=num_steps,
-        initial=first,
-        desc="train",
-        disable=jax.process_index() != 0,
-        dynamic_ncols=True,
-        # Redirected to a file: a line every 30 s instead of a carriage-return flood.
-        mininterval=0.1 if sys.stderr.isatty() else 30.0,
-    )
-    start = time.time()
-    nonfinite = NonFiniteTracker()
-    preemption = PreemptionFlag()
-    try:
-        preemption.__enter__()
+        writer = MetricsWriter(workdir)
+        cleanup.callback(writer.close)
+        num_steps = config.train.num_steps
+        first = int(state.step)
+        logged: dict[str, float] = {}
+        losses = None  # the bar's postfix
+        bar = _progress_bar(num_steps, first)
+        cleanup.callback(lambda: bar.close())  # the bar of the moment (see eval_every)
+        start = time.time()
+        nonfinite = NonFiniteTracker()
+        preemption = cleanup.enter_context(PreemptionFlag())
         for step in range(first + 1, num_steps + 1):
             batch = sharding.global_batch(mesh, next(train_iter))
             state, metrics = step_fn(state, batch)
@@ -250,14 +241,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 logged["skipped_nonfinite"] = skipped
                 logged["steps_per_s"] = (step - first) / max(time.time() - start, 1e-9)
                 writer.write(step, logged)
-                bar.set_postfix(
-                    {
-                        k.removeprefix("loss_"): f"{v:.3f}"
-                        for k, v in logged.items()
-                        if k.startswith("loss")
-                    },
-                    refresh=False,
-                )
+                losses = {
+                    k.removeprefix("loss_"): f"{v:.3f}"
+                    for k, v in logged.items()
+                    if k.startswith("loss")
+                }
+                bar.set_postfix(losses, refresh=False)
             stop = preemption.stop_now(step, config.train.log_every)
             if step % config.train.checkpoint_every == 0 or step == num_steps or stop:
                 nonfinite.check(config, last_saved)  # never save after a non-finite step
@@ -269,14 +258,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 return {"step": step, "metrics": logged, "eval": None, "preempted": True}
             every = config.train.eval_every
             if every and step % every == 0 and step != num_steps:
+                # The table goes below the bar's last state, never under a bar that redraws
+                # itself over it; a new bar continues below (its rate without the evaluation).
+                bar.close()
                 _evaluate_and_log(config, model, state, data, writer, workdir, step)
+                bar = _progress_bar(num_steps, step, postfix=losses)
+        bar.close()  # its last state, before the table (closing again does nothing)
         eval_table = _evaluate_and_log(config, model, state, data, writer, workdir, num_steps)
-    finally:
-        preemption.__exit__()
-        bar.close()
-        ckpt.close()
-        writer.close()
     return {"step": int(state.step), "metrics": logged, "eval": eval_table}
+
+
+def _progress_bar(num_steps: int, initial: int, postfix: dict | None = None) -> tqdm.tqdm:
+    return tqdm.tqdm(
+        total=num_steps,
+        initial=initial,
+        desc="train",
+        # As set_postfix writes it, in this order (a dict here would be sorted).
+        postfix=", ".join(f"{k}={v}" for k, v in postfix.items()) if postfix else None,
+        disable=jax.process_index() != 0,
+        dynamic_ncols=True,
+        # Redirected to a file: a line every 30 s instead of a carriage-return flood.
+        mininterval=0.1 if sys.stderr.isatty() else 30.0,
+    )
+
+
+def _init_from_checkpoint(config, optimizer, state: TrainState) -> TrainState:
+    """`state` with `train.init_checkpoint`'s parameters and a fresh optimizer state, every
+    leaf placed as in `state` (the optimizer's step count would otherwise be unplaced, and
+    the first step would compile the train step for that placement, then again)."""
+    params, reinitialized = checkpointing.load_init_params(
+        config.train.init_checkpoint, state.params, config.train.init_reinitialize
+    )
+    placed = state.replace(params=params, opt_state=optimizer.init(params))
+    state = jax.device_put(placed, jax.tree.map(lambda x: x.sharding, state))
+    print(f"initialised parameters from {config.train.init_checkpoint}")
+    if reinitialized:
+        print(f"  re-initialised (train.init_reinitialize), {len(reinitialized)} tensors:")
+        print("\n".join(f"    {name}" for name in reinitialized))
+    return state
 
 
 def _evaluate_and_log(config, model, state, data, writer, workdir, step):

@@ -14,6 +14,7 @@ its budget (< 90 s):
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import pathlib
@@ -38,6 +39,7 @@ from tests.trainer_helpers import (
     read_metrics,
     read_scalars,
     tiny_config,
+    tiny_train_command,
 )
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -86,18 +88,38 @@ def no_eval(monkeypatch):
     monkeypatch.setattr(trainer, "_evaluate_and_log", lambda *args, **kwargs: None)
 
 
+class StepTraces:
+    """Counts the traces of the trainer's train step: `train_step_lib.train_step` replaced by
+    a wrapper that counts its calls, which happen only while JAX traces it."""
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        step = train_step_lib.train_step
+
+        def counted(*args, **kwargs):
+            self.count += 1
+            return step(*args, **kwargs)
+
+        monkeypatch.setattr(train_step_lib, "train_step", counted)
+
+
 @pytest.fixture(scope="module")
 def two_steps(data_dir, tmp_path_factory):
-    """One 2-step run with evaluation, shared by the tests that need a trained workdir."""
+    """One 2-step run with evaluation, shared by the tests that need a trained workdir. Its
+    result also holds `step_traces`, how often the run traced its train step."""
     workdir = tmp_path_factory.mktemp("two_steps")
     config = tiny_config(data_dir, num_steps=2)
-    result = trainer.train_and_evaluate(config, str(workdir))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        traces = StepTraces(monkeypatch)
+        result = trainer.train_and_evaluate(config, str(workdir))
+    result["step_traces"] = traces.count
     return workdir, config, result
 
 
 def test_two_steps_write_logs_checkpoints_and_eval(two_steps):
     workdir, config, result = two_steps
     assert result["step"] == 2
+    assert result["step_traces"] == 1  # one shape bucket: one trace for both steps
     metrics = result["metrics"]
     for term in (*LOSS_TERMS, "loss", "grad_norm"):
         assert term in metrics, term
@@ -186,6 +208,115 @@ def test_resume_matches_uninterrupted_run(two_steps, tmp_path, no_eval, monkeypa
     before = flat_arrays(checkpointing.load_variables(str(workdir / "checkpoints"), step=2)[0])
     after = flat_arrays(checkpointing.load_variables(str(fresh / "checkpoints"), step=3)[0])
     assert any(not np.array_equal(v, after[k]) for k, v in before.items())
+
+
+@pytest.fixture(scope="module")
+def resumed_with_evals(two_steps, tmp_path_factory):
+    """The 2-step run resumed to 4 steps in this process (a fresh `train_and_evaluate`, as a
+    restarted command runs it), evaluating every step: -> (step traces, what the run wrote
+    to stdout and stderr together, in order). The evaluation is a stand-in that prints a
+    table line (the real one is covered by the first test)."""
+    workdir, config, _ = two_steps
+    resumed = tmp_path_factory.mktemp("resumed_with_evals")
+    shutil.copytree(workdir, resumed, dirs_exist_ok=True)
+    config = tiny_config(config.data.data_dir, num_steps=4, eval_every=1, allow_config_change=True)
+    output = io.StringIO()
+
+    def evaluate(config, model, state, data, writer, workdir, step):
+        print(f"EVAL TABLE at step {step}")
+        print("bbox AP 0.000")
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        traces = StepTraces(monkeypatch)
+        monkeypatch.setattr(trainer, "_evaluate_and_log", evaluate)
+        monkeypatch.setattr(sys, "stdout", output)
+        monkeypatch.setattr(sys, "stderr", output)  # the progress bar's stream
+        result = trainer.train_and_evaluate(config, str(resumed))
+    assert result["step"] == 4
+    return traces.count, output.getvalue()
+
+
+def test_resume_traces_the_step_as_often_as_a_fresh_run(two_steps, resumed_with_evals):
+    """The restored state is placed as the fresh one (every leaf with the freshly
+    initialised state's sharding), so the first step after a restart does not trace (and
+    compile) the step a second time."""
+    traces, output = resumed_with_evals
+    assert "resumed from step 2" in output
+    assert traces == two_steps[2]["step_traces"] == 1
+
+
+def _screen_lines(text: str) -> list[str]:
+    """The lines as a terminal shows them: a carriage return goes back to the line's start
+    (what follows overwrites; tqdm clears a bar with spaces)."""
+    lines = []
+    for raw in text.split("\n"):
+        screen = ""
+        for part in raw.split("\r"):
+            screen = part + screen[len(part) :]
+        lines.append(screen.rstrip())
+    return lines
+
+
+def test_progress_bar_is_not_drawn_over_or_after_the_tables(resumed_with_evals):
+    """The bar is closed before an evaluation prints its table (a new one continues below
+    it) and before the final evaluation: no bar over a table line, none after the last."""
+    _, output = resumed_with_evals
+    lines = _screen_lines(output)
+    tables = [i for i, line in enumerate(lines) if "EVAL TABLE" in line]
+    assert len(tables) == 2, output  # at step 3 (eval_every) and the final one at step 4
+    for i in tables:
+        assert lines[i] in ("EVAL TABLE at step 3", "EVAL TABLE at step 4"), output
+        assert lines[i + 1] == "bbox AP 0.000", output
+    assert lines[tables[0]] == "EVAL TABLE at step 3"
+    assert "train:" in "\n".join(lines[tables[0] + 2 : tables[1]]), output  # drawn again
+    assert "train: 100%" in "\n".join(lines[: tables[1]]), output  # closed, at 4/4
+    assert not any("train:" in line for line in lines[tables[1] :]), output
+
+
+def test_refused_resume_closes_the_checkpointer(two_steps, tmp_path, monkeypatch):
+    """A resume refused for a changed config (no allow_config_change) raises the refusal and
+    closes the checkpoint manager on the way out: no orbax threads are left to fail at
+    interpreter shutdown."""
+    workdir, config, _ = two_steps
+    resumed = tmp_path / "resumed"
+    shutil.copytree(workdir / "checkpoints", resumed / "checkpoints")
+    closed = []
+
+    class RecordingCheckpointer(checkpointing.TrainCheckpointer):
+        def close(self):
+            super().close()
+            closed.append(self.manager)
+
+    monkeypatch.setattr(checkpointing, "TrainCheckpointer", RecordingCheckpointer)
+    config = tiny_config(config.data.data_dir, num_steps=3)
+    with pytest.raises(ValueError, match="was written by a different config"):
+        trainer.train_and_evaluate(config, str(resumed))
+    assert len(closed) == 1
+
+
+def test_refused_resume_command_ends_with_the_refusal(two_steps, tmp_path):
+    """`python -m msrcnn.train` refusing to resume (experiments/tiny.py differs from the test
+    config): the refusal is the last thing on stderr, no orbax error after it."""
+    workdir, config, _ = two_steps
+    resumed = tmp_path / "resumed"
+    shutil.copytree(workdir / "checkpoints", resumed / "checkpoints")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    if FAST_COMPILE:  # the programs this module compiled, from the persistent cache
+        env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+    out = subprocess.run(
+        tiny_train_command(resumed, config.data.data_dir, 3),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "cannot schedule new futures" not in out.stderr, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ValueError: "), out.stderr[-3000:]
+    assert "was written by a different config" in last
+    assert "allow_config_change" in last
 
 
 def test_sharded_step_matches_single_device(sharded_worker, two_steps):
@@ -366,19 +497,25 @@ def test_restore_into_different_model_names_fields(two_steps):
     ]
 
 
-def test_init_checkpoint_with_named_reinitialisation(two_steps, tmp_path, no_eval, capsys):
+def test_init_checkpoint_with_named_reinitialisation(
+    two_steps, tmp_path, no_eval, capsys, monkeypatch
+):
     """A run initialised from another run's checkpoints, the class layers named for fresh
-    initialisation: the run lists them; every other tensor starts as the checkpoint's."""
+    initialisation: the run lists them; every other tensor starts as the checkpoint's. The
+    loaded state is placed as a fresh one: the step traces once, as in a fresh run."""
     workdir, config, _ = two_steps
     config = tiny_config(
         config.data.data_dir,
-        num_steps=1,
+        num_steps=2,
+        checkpoint_every=100,  # the final step only
         init_checkpoint=str(workdir / "checkpoints"),
         init_reinitialize=("classes",),
         learning_rate=0.0,
         warmup_factor=0.0,
     )
+    traces = StepTraces(monkeypatch)
     trainer.train_and_evaluate(config, str(tmp_path / "finetune"))
+    assert traces.count == 1
     out = capsys.readouterr().out
     assert f"initialised parameters from {workdir / 'checkpoints'}" in out
     assert "re-initialised (train.init_reinitialize), 8 tensors:" in out
@@ -388,37 +525,6 @@ def test_init_checkpoint_with_named_reinitialisation(two_steps, tmp_path, no_eva
     source = checkpointing.flat_names(source["params"])
     started = checkpointing.flat_names(started["params"])
     assert started.keys() == source.keys()
-    for name, value in source.items():  # a zero learning rate: the step changes nothing
+    for name, value in source.items():  # a zero learning rate: the steps change nothing
         same = np.array_equal(started[name], value)
         assert same != (name.rsplit("/", 1)[0] in checkpointing.CLASS_LAYERS), name
-
-
-def test_cli_reports_bad_config_and_unknown_override(tmp_path):
-    """Both fail before any training work (no workdir is created): the unknown key while
-    absl parses the flags, the missing file at the first access to the config. The two
-    interpreters run side by side."""
-    base = [sys.executable, "-m", "msrcnn.train", f"--workdir={tmp_path / 'workdir'}"]
-    missing, tiny = tmp_path / "no_such_config.py", REPO / "experiments" / "tiny.py"
-    runs = {
-        "missing": [*base, f"--config={missing}"],
-        "unknown": [*base, f"--config={tiny}", "--config.train.num_step=1"],
-    }
-    procs = {
-        name: subprocess.Popen(
-            args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for name, args in runs.items()
-    }
-    outputs = {name: proc.communicate(timeout=120) for name, proc in procs.items()}
-
-    assert procs["missing"].returncode != 0
-    stderr = outputs["missing"][1]
-    assert "Failed loading config file" in stderr, stderr[-3000:]
-    assert f"No such file or directory: '{missing}'" in stderr, stderr[-3000:]
-
-    assert procs["unknown"].returncode != 0
-    stderr = outputs["unknown"][1]
-    assert "AttributeError" in stderr, stderr[-3000:]
-    assert 'Did you mean "num_steps" instead of "num_step"?' in stderr, stderr[-3000:]
-
-    assert not (tmp_path / "workdir").exists()
