@@ -18,6 +18,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from msrcnn import config_lib
+from msrcnn.errors import ConfigError, MissingInputError
 from msrcnn.sharding import allgather_json
 
 
@@ -53,11 +54,11 @@ def _single_device_target(step_dir: str):
 def load_variables(directory: str, step: int | None = None):
     """-> (variables, config) of `step` (default: the latest) in a checkpoint directory."""
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"no checkpoint directory {directory!r}")
+        raise MissingInputError(f"no checkpoint directory {directory!r}")
     with _manager(directory, create=False) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"{directory!r} holds no checkpoint steps")
+            raise MissingInputError(f"{directory!r} holds no checkpoint steps")
         # Restore onto this process's first device whatever devices wrote the checkpoint
         # (several GPUs, several hosts): a target of shapes and dtypes with that sharding.
         target = _single_device_target(os.path.join(str(manager.directory), str(step)))
@@ -94,7 +95,7 @@ def check_same_structure(expected, found, what: str, ignore=()) -> None:
             if items:
                 shown = "\n    ".join(items[:20]) + ("\n    ..." if len(items) > 20 else "")
                 parts.append(f"  {len(items)} {title}:\n    {shown}")
-        raise ValueError(f"{what} does not fit the model:\n" + "\n".join(parts))
+        raise ConfigError(f"{what} does not fit the model:\n" + "\n".join(parts))
 
 
 # `train.init_reinitialize` shorthand: the layers whose shapes depend on the class count.
@@ -125,7 +126,7 @@ def load_init_params(directory: str, fresh_params, reinitialize=()):
     fresh = flat_names(fresh_params)
     unmatched = [p for p in prefixes if not any(_under(n, [p]) for n in fresh)]
     if unmatched:
-        raise ValueError(
+        raise ConfigError(
             f"train.init_reinitialize names no model parameter: {unmatched}; parameter paths "
             f"look like {sorted(fresh)[:3]}"
         )
@@ -215,12 +216,12 @@ def check_config_drift(stored: dict, config: ml_collections.ConfigDict, where: s
 
     model = [k for k in differing if k.startswith("model.")]
     if model:
-        raise ValueError(
+        raise ConfigError(
             f"{where} holds checkpoints of a different model ({describe(model)}); use a new "
             "--workdir or restore the matching config"
         )
     if differing and not config.train.get("allow_config_change", False):
-        raise ValueError(
+        raise ConfigError(
             f"{where} was written by a different config ({describe(differing)}). Rerun with "
             "the same settings, use a new --workdir, or pass "
             "--config.train.allow_config_change=True to resume with the new values."
@@ -346,7 +347,7 @@ class TrainCheckpointer:
         if "per_process" in data:
             positions = data["per_process"]
             if len(positions) != jax.process_count():
-                raise ValueError(
+                raise ConfigError(
                     f"{self.manager.directory} step {step} was written by {len(positions)} "
                     f"processes, this run has {jax.process_count()}: the data positions of "
                     "each process cannot be carried over; resume with the same process count"

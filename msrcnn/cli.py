@@ -27,12 +27,26 @@ import textwrap
 from absl import app, flags
 from ml_collections.config_flags import config_flags
 
+from msrcnn.errors import UserInputError
+
 USAGE_EXIT_CODE = 2
 
 
 def run(main) -> None:
-    """`app.run(main)` with the flag errors of `parse_flags`."""
-    app.run(main, flags_parser=parse_flags)
+    """`app.run(main)` with the flag errors of `parse_flags`; a `UserInputError` raised by
+    main (bad data, a config that does not fit the checkpoint, a missing folder) is printed
+    as its message alone, exit status 1: it is the user's to fix, not a bug to trace."""
+
+    def main_without_user_tracebacks(argv):
+        try:
+            return main(argv)
+        except UserInputError as error:
+            sys.stdout.flush()
+            sys.stderr.write(f"{type(error).__name__}: {error}\n")
+            sys.stderr.flush()
+            sys.exit(1)
+
+    app.run(main_without_user_tracebacks, flags_parser=parse_flags)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -48,6 +48,7 @@ import numpy as np
 from absl import flags, logging
 
 from msrcnn import checkpointing, cli, config_lib
+from msrcnn.errors import MissingInputError, UserInputError
 from msrcnn.models.ms_rcnn import RPN_LEVELS, MaskScoringRCNN
 from msrcnn.models.resnet import STAGE_BLOCKS, resnet_channels
 
@@ -85,7 +86,7 @@ _CLASS_LAYERS = {
 _CLS_SCORE = "roi_heads.box_predictor.cls_score.weight"
 
 
-class ConversionError(ValueError):
+class ConversionError(UserInputError, ValueError):
     """The state dict does not fit the model: lists every missing, mismatched, extra tensor."""
 
 
@@ -100,7 +101,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     "state_dict". Returns name -> numpy array.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint file {path!r}")
+        raise MissingInputError(f"no checkpoint file {path!r}")
     if path.endswith(".npz"):
         with np.load(path, allow_pickle=False) as data:
             return {name: np.asarray(data[name]) for name in data.files}

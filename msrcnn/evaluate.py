@@ -15,6 +15,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from msrcnn import checkpointing, cli, config_lib
+from msrcnn.errors import ConfigError
 from msrcnn.evaluation import runner
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file")
@@ -33,7 +34,7 @@ def main(argv) -> None:
     ckpt_dir = os.path.join(_WORKDIR.value, "checkpoints")
     variables, stored = checkpointing.load_variables(ckpt_dir, _STEP.value)
     if json.loads(stored.model.to_json()) != json.loads(config.model.to_json()):
-        raise ValueError(
+        raise ConfigError(
             f"{ckpt_dir} was trained with another model config: {stored.model} vs {config.model}"
         )
     model = config_lib.build_model(config)

@@ -4,6 +4,7 @@ override value are each one line on stderr and exit status 2, before any work.""
 
 from __future__ import annotations
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -86,3 +87,47 @@ def test_config_flag_error_is_one_line_and_exit_2(runs, name):
     assert returncode == 2, err[-3000:]
     assert out == ""
     assert not workdir.exists()  # failed before any work
+
+
+# Errors in the user's input found while working (not flag errors): the message alone, exit 1.
+USER_ERRORS = {
+    "evaluate_without_checkpoints": (
+        ["msrcnn.evaluate", "--config=experiments/tiny.py"],
+        "MissingInputError: no checkpoint directory",
+    ),
+    "train_coco_without_download": (
+        ["msrcnn.train", "--config=experiments/coco.py:runlocal", "--config.data.data_dir=OUT"],
+        "MissingInputError: COCO 2017 is not in manual_dir=''",
+    ),
+    "train_repeated_image_id": (
+        [
+            "msrcnn.train",
+            "--config=experiments/custom.py:coco",
+            "--config.data.custom.train.annotations=OUT/train.json",
+            "--config.data.custom.train.images=OUT/images",
+            "--config.data.data_dir=OUT/tfds",
+        ],
+        "BadInputError: ",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(USER_ERRORS))
+def test_user_input_error_is_its_message_without_traceback(name, tmp_path):
+    args, start = USER_ERRORS[name]
+    if name == "train_repeated_image_id":
+        from tests.data import instance_fixtures as fx
+
+        data = fx.coco_dataset(str(tmp_path), num_images=2)
+        data["images"].append(dict(data["images"][0]))
+        (tmp_path / "train.json").write_text(json.dumps(data))
+    args = [a.replace("OUT", str(tmp_path)) for a in args]
+    if args[0] in ("msrcnn.train", "msrcnn.evaluate"):
+        args.append(f"--workdir={tmp_path / 'run'}")
+    out = subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    lines = [line for line in out.stderr.splitlines() if line.startswith(start.split(":")[0])]
+    assert len(lines) == 1 and lines[0].startswith(start), out.stderr[-3000:]
+    assert out.returncode == 1, out.stderr[-3000:]

@@ -313,8 +313,9 @@ def test_refused_resume_command_ends_with_the_refusal(two_steps, tmp_path):
     )
     assert out.returncode == 1, out.stderr[-3000:]
     assert "cannot schedule new futures" not in out.stderr, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]  # the user's to fix: no trace
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("ValueError: "), out.stderr[-3000:]
+    assert last.startswith("ConfigError: "), out.stderr[-3000:]
     assert "was written by a different config" in last
     assert "allow_config_change" in last
 

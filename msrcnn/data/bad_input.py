@@ -25,6 +25,8 @@ from __future__ import annotations
 import collections
 import logging
 
+from msrcnn.errors import UserInputError
+
 _log = logging.getLogger(__name__)
 
 # Example messages kept per reason for the summary.
@@ -38,7 +40,7 @@ SKIP_HINT = (
 )
 
 
-class BadInputError(ValueError):
+class BadInputError(UserInputError, ValueError):
     """Input that cannot be used as it is; the message says where and how to fix it."""
 
 

@@ -13,6 +13,7 @@ import ml_collections
 from msrcnn.data import buckets as buckets_lib
 from msrcnn.data import pipeline
 from msrcnn.data.coco_gt import coco_ground_truth
+from msrcnn.errors import ConfigError
 
 DATASETS = ("shapes", "coco", "custom")
 
@@ -96,14 +97,14 @@ def _open_builder(config: ml_collections.ConfigDict):
             skip_bad_input=d.skip_bad_input,
         )
     else:
-        raise ValueError(f"unknown dataset {d.dataset!r}; available: {DATASETS}")
+        raise ConfigError(f"unknown dataset {d.dataset!r}; available: {DATASETS}")
     meta = builder.info.metadata
     return builder, list(meta["class_names"]), [int(i) for i in meta["category_ids"]]
 
 
 def _check_num_classes(config, names: list[str]) -> None:
     if config.model.num_classes != len(names):
-        raise ValueError(
+        raise ConfigError(
             f"the dataset has {len(names)} classes {names[:10]}{'...' if len(names) > 10 else ''}"
             f" but model.num_classes = {config.model.num_classes}; set "
             f"--config.model.num_classes={len(names)}"
@@ -141,7 +142,7 @@ def load(config: ml_collections.ConfigDict) -> Data:
         shard_count=jax.process_count(),
     )
     if config.train.batch_size % jax.process_count():
-        raise ValueError(
+        raise ConfigError(
             f"train.batch_size {config.train.batch_size} must divide among "
             f"{jax.process_count()} processes"
         )

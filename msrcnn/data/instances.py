@@ -48,6 +48,7 @@ from msrcnn.data.coco_json import read_coco_json
 from msrcnn.data.image_io import read_image
 from msrcnn.data.png_masks import read_png_masks
 from msrcnn.data.via_json import read_via_json
+from msrcnn.errors import MissingInputError
 
 _log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class CocoInstances(_InstanceBuilder):
         """Raises FileNotFoundError saying what is missing and where it goes."""
         missing = [p for s in SPLITS for p in self._files(s) if not os.path.exists(p)]
         if not self.coco_dir or missing:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"COCO {self.builder_config.year} is not in manual_dir={self.coco_dir!r}"
                 + (f": missing {missing}" if self.coco_dir else "")
                 + "\n"
