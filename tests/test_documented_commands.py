@@ -392,12 +392,19 @@ PREPARE = {
     "coco": _prepare_coco,
     "torchvision_model": _prepare_torchvision_model,
     "balloon": _prepare_balloon,
-    "benchmarks": lambda root: None,
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+@pytest.mark.parametrize("index", range(len(SCENARIOS["benchmarks"])))
+def test_benchmark_command(index, tmp_path):
+    """The benchmark commands need nothing prepared and nothing from each other."""
+    text, settings = SCENARIOS["benchmarks"][index]
+    _run(text, settings, _root(tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", sorted(set(SCENARIOS) - {"benchmarks"}))
 def test_scenario(scenario, tmp_path):
     root = _root(tmp_path)
     PREPARE[scenario](root)
