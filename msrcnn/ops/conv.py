@@ -8,8 +8,9 @@ differently in the backward:
     for inputs over 3 MiB, summed in a loop over cache-sized chunks of the input (for
     stride 1 and images over a chunk, bands of a channels-first copy, matmuls in standard
     form);
-  * input gradient: XLA's own transposed convolution, or (`forward_input_grad`) a forward conv
-    with the rotated kernel (stride 1) or one matmul per tap spread back to the input grid.
+  * input gradient: XLA's own transposed convolution, or (`forward_input_grad`) the same
+    arithmetic as a forward conv: dy (spread back to stride 1 with zeros) with the rotated
+    kernel.
 
 Why: XLA:CPU computes kernel gradients as convolutions whose reduction runs over the pixels,
 and those run far below its matmul speed (2 cores, AVX-512: a 1x1 conv's kernel gradient on
@@ -203,31 +204,29 @@ def _largest_divisor_at_most(n: int, cap: int) -> int:
 
 def _input_gradient_as_forward_ops(dy, kernel, x_shape, stride: int, padding: int):
     """dL/dx of `conv` written as forward ops (XLA:CPU's transposed convolution falls off its
-    fast path inside a conditional)."""
+    fast path inside a conditional): the stride-1 convolution of dy, spread out to stride 1
+    with zeros, with the kernel rotated by 180 degrees and its in / out channels swapped.
+
+    The same arithmetic as XLA's own input gradient (a convolution with lhs dilation), so at
+    top level the values agree with it exactly on XLA:CPU (checked for the heads' shapes).
+    """
     kh, kw = kernel.shape[:2]
-    if stride == 1 and kh == kw == 2 * padding + 1:
-        # A stride-1 'same' conv's input gradient is the conv of dy with the kernel rotated by
-        # 180 degrees and its in / out channels swapped.
-        flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    if stride == 1 and kh == kw == 2 * padding + 1:  # 'same': dy is already on x's grid
         return _conv(dy, flipped, 1, padding)
-    # Otherwise each tap (i, j) sends dy[h, w] @ kernel[i, j].T to padded input pixel
-    # (s*h + i, s*w + j): spread with interior padding, sum, then drop the border.
-    n, h, w, in_ch = x_shape
-    h_out, w_out = dy.shape[1:3]
-    hp, wp = h + 2 * padding, w + 2 * padding
-    zero = jnp.zeros((), jnp.float32)
-    total = jnp.zeros((n, hp, wp, in_ch), jnp.float32)
-    for i in range(kh):
-        for j in range(kw):
-            part = jnp.dot(dy, kernel[i, j].T, preferred_element_type=jnp.float32)
-            config = [
-                (0, 0, 0),
-                (i, hp - i - (stride * (h_out - 1) + 1), stride - 1),
-                (j, wp - j - (stride * (w_out - 1) + 1), stride - 1),
-                (0, 0, 0),
-            ]
-            total = total + lax.pad(part, zero, config)
-    return total[:, padding : padding + h, padding : padding + w]
+    # Output pixel (h', w') reads padded input (s*h' + i, s*w' + j): dy goes back to stride
+    # 1 with s - 1 zeros between pixels, framed so that a 'valid' kh x kw window lands on
+    # every input pixel (input pixels no output read get zeros).
+    (h, w), (h_out, w_out) = x_shape[1:3], dy.shape[1:3]
+    low_h, low_w = kh - 1 - padding, kw - 1 - padding
+    config = [
+        (0, 0, 0),
+        (low_h, h + kh - 1 - low_h - (stride * (h_out - 1) + 1), stride - 1),
+        (low_w, w + kw - 1 - low_w - (stride * (w_out - 1) + 1), stride - 1),
+        (0, 0, 0),
+    ]
+    spread = lax.pad(dy, jnp.zeros((), dy.dtype), config)
+    return _conv(spread, flipped, 1, 0)
 
 
 def conv_general_dilated(
