@@ -1,24 +1,21 @@
 """Convolution (NHWC / HWIO, square stride, symmetric padding) with its kernel gradient as
-matmuls, and optionally its input gradient as forward ops.
+matmuls, and optionally its input gradient as forward ops: the convolution of every layer
+under `conv_impl="cpu_matmul"` (msrcnn.models.layers.Conv).
 
 Same values and gradients as `lax.conv_general_dilated` up to float rounding, formulated
 differently in the backward:
   * kernel gradient: dK[i, j] = sum over output pixels of x_padded[at tap (i, j)]^T dy, one
-    [C, N*H'*W'] x [N*H'*W', O] matmul per kernel tap (one matmul for a 1x1 conv); on CPU,
-    for inputs over 3 MiB, summed in a loop over cache-sized chunks of the input (for
-    stride 1 and images over a chunk, bands of a channels-first copy, matmuls in standard
-    form);
+    [C, N*H'*W'] x [N*H'*W', O] matmul per kernel tap (one matmul for a 1x1 conv); for
+    inputs over 3 MiB summed in a loop over cache-sized chunks of the input (for stride 1
+    and images over a chunk, bands of a channels-first copy, matmuls in standard form);
   * input gradient: XLA's own transposed convolution, or (`forward_input_grad`) the same
     arithmetic as a forward conv: dy (spread back to stride 1 with zeros) with the rotated
     kernel.
 
 Why: XLA:CPU computes kernel gradients as convolutions whose reduction runs over the pixels,
-and those run far below its matmul speed (2 cores, AVX-512: a 1x1 conv's kernel gradient on
-[1, 128, 128, 256] 144 ms, its single matmul 12 ms; 3x3 kernel gradients 90-200 GFLOP/s vs
-~260 for a matmul). Inside a `lax.switch` (the train step's mask branch,
-`msrcnn.ops.slot_buckets`) its gradient convolutions fall off the fast (YNNPACK) path
-altogether (the kernel gradient of a 3x3 conv on [128, 14, 14, 256] ~130x slower than at top
-level, the input gradient several times slower), hence the forward-op input gradient there.
+and those run far below its matmul speed. Inside a `lax.switch` (the train step's mask
+branch, `msrcnn.ops.slot_buckets`) its gradient convolutions fall off the fast path
+altogether, hence the forward-op input gradient there. Timings: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -51,14 +48,19 @@ def _conv_fwd(x, kernel, stride, padding, forward_input_grad):
     return _conv(x, kernel, stride, padding), (x, kernel)
 
 
+# Name scope of the backward's ops (in jaxprs and in the compiled program's op names).
+BWD_SCOPE = "xla_cpu_conv_bwd"
+
+
 def _conv_bwd(stride, padding, forward_input_grad, residuals, dy):
     x, kernel = residuals
-    dkernel = kernel_gradient(x, dy, kernel.shape, stride, padding).astype(kernel.dtype)
-    if forward_input_grad:
-        dx = _input_gradient_as_forward_ops(dy, kernel, x.shape, stride, padding)
-    else:
-        _, pullback = jax.vjp(lambda x: _conv(x, kernel, stride, padding), x)
-        (dx,) = pullback(dy)
+    with jax.named_scope(BWD_SCOPE):
+        dkernel = kernel_gradient(x, dy, kernel.shape, stride, padding).astype(kernel.dtype)
+        if forward_input_grad:
+            dx = _input_gradient_as_forward_ops(dy, kernel, x.shape, stride, padding)
+        else:
+            _, pullback = jax.vjp(lambda x: _conv(x, kernel, stride, padding), x)
+            (dx,) = pullback(dy)
     return dx.astype(x.dtype), dkernel
 
 
@@ -83,14 +85,12 @@ def kernel_gradient(x, dy, kernel_shape, stride: int, padding: int, chunk_bytes=
     chunk_bytes: when x is larger than twice this (and the kernel is not 1x1), sum the
     kernel gradient over chunks of about this many input bytes in a loop (whole images, or
     bands of output rows of one image: for stride 1 from a channels-first copy, see
-    `_flat_kernel_gradient_in_bands`). Default: CHUNK_BYTES on CPU, no chunks elsewhere.
-    Why: on CPU the per-tap matmuls of a large input stream x and dy from memory once per
-    tap; chunked, they run from cache (2 cores, AVX-512: 3x3 256 -> 256 on [1, 128, 128,
-    256] 156 -> 100 ms; on [48, 14, 14, 256] 100 -> 52 ms). A loop of small matmuls would
-    only serialise a GPU.
+    `_flat_kernel_gradient_in_bands`); 0: one pass. Default: CHUNK_BYTES. Why: the per-tap
+    matmuls of a large input stream x and dy from memory once per tap; chunked, they run
+    from cache.
     """
     if chunk_bytes is None:
-        chunk_bytes = CHUNK_BYTES if jax.default_backend() == "cpu" else 0
+        chunk_bytes = CHUNK_BYTES
     kh, kw = kernel_shape[:2]
     padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     if chunk_bytes <= 0 or kh * kw == 1 or x.size * x.dtype.itemsize <= 2 * chunk_bytes:
@@ -158,10 +158,9 @@ def _flat_kernel_gradient_in_bands(padded, dy, kernel_shape, chunk_bytes: int):
     (P = N * block_rows * Wp), and the output gradient is zero-padded to the same pixel grid, so
     that output pixel m reads input pixel m + i * Wp + j at tap (i, j): each tap of a band is
     a contiguous column range of x_t, and no per-tap window is copied out. Why: XLA:CPU runs
-    the row-contracting matmuls of `_tap_products` through Eigen (~150-180 GFLOP/s here), the
-    standard form through YNNPACK, near its matmul speed (3x3 256 -> 256 on [1, 128, 128,
-    256]: 103 -> 88 ms); the zero columns cost Wp / W' more (+1.6% at 128 wide). Whole small
-    images (the mask head's 14 x 14) would pay Hp * Wp / (H' * W') = 1.31x and lose.
+    the row-contracting matmuls of `_tap_products` well below the standard form's speed; the
+    zero columns cost Wp / W' more work. Whole small images (the mask head's 14 x 14) would
+    pay Hp * Wp / (H' * W') = 1.31x and lose.
     """
     kh, kw, in_ch, out_ch = kernel_shape
     n, hp, wp, _ = padded.shape
@@ -227,50 +226,3 @@ def _input_gradient_as_forward_ops(dy, kernel, x_shape, stride: int, padding: in
     ]
     spread = lax.pad(dy, jnp.zeros((), dy.dtype), config)
     return _conv(spread, flipped, 1, 0)
-
-
-def conv_general_dilated(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
-    feature_group_count=1,
-    precision=None,
-    *,
-    forward_input_grad: bool = False,
-):
-    """`lax.conv_general_dilated`'s signature for `flax.linen.Conv(conv_general_dilated=...)`.
-
-    Takes the `conv` path for NHWC / HWIO, equal strides, equal symmetric padding, no dilation
-    or groups (every conv of the model), and `lax` otherwise. Bind `forward_input_grad` with
-    functools.partial.
-    """
-    plain = (
-        len(set(window_strides)) == 1
-        and all(d == 1 for d in (lhs_dilation or (1, 1)))
-        and all(d == 1 for d in (rhs_dilation or (1, 1)))
-        and feature_group_count == 1
-        and precision is None
-        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-    )
-    if plain:
-        pads = padding
-        if isinstance(pads, str):  # "SAME" / "VALID" as explicit (low, high) pairs
-            pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, pads)
-        if len({p for pair in pads for p in pair}) == 1:
-            return conv(lhs, rhs, window_strides[0], pads[0][0], forward_input_grad)
-    return lax.conv_general_dilated(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count,
-        precision=precision,
-    )
