@@ -7,6 +7,8 @@ what they need; the checkpoint stores the config as JSON so a checkpoint rebuild
 
 from __future__ import annotations
 
+import json
+
 import jax.numpy as jnp
 import ml_collections
 
@@ -183,6 +185,18 @@ def compute_dtype(name: str, backend: str):
     if name == "auto":
         return jnp.dtype(jnp.float32 if backend == "cpu" else jnp.bfloat16)
     return jnp.dtype(name)
+
+
+# Model settings that choose how the model computes, not its parameters or (beyond float
+# rounding) its values: a checkpoint runs, resumes and evaluates under any of them.
+COMPUTE_ONLY_MODEL_SETTINGS = ("conv_impl",)
+
+
+def model_identity(config: ml_collections.ConfigDict) -> dict:
+    """config.model as plain data without COMPUTE_ONLY_MODEL_SETTINGS: equal for two configs
+    exactly when they describe the same model."""
+    fields = json.loads(config.model.to_json())
+    return {k: v for k, v in fields.items() if k not in COMPUTE_ONLY_MODEL_SETTINGS}
 
 
 def resolve_conv_impl(name: str, backend: str) -> str:

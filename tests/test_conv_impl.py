@@ -4,6 +4,7 @@ uses msrcnn.ops.xla_cpu; both give the train step's losses and gradients up to f
 rounding."""
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ import pytest
 from jax.extend.core import jaxprs_in_params
 
 from experiments import tiny
-from msrcnn import config_lib, optim, train_step
+from msrcnn import checkpointing, config_lib, optim, train_step
 from msrcnn.ops.xla_cpu import conv as xla_cpu_conv
 from msrcnn.train_state import TrainState
 
@@ -52,6 +53,22 @@ def test_config_without_the_setting_means_auto():
     del config.model["conv_impl"]
     assert config_lib.build_model(config, backend="cpu").conv_impl == "cpu_matmul"
     assert config_lib.build_model(config, backend="tpu").conv_impl == "xla"
+
+
+def test_conv_impl_is_not_part_of_the_model_identity():
+    # A checkpoint trained with one implementation resumes and evaluates under another, and
+    # a stored config from before the setting existed is the same model.
+    stored = tiny.get_config()
+    stored.model.conv_impl = "cpu_matmul"
+    other = tiny.get_config()
+    other.model.conv_impl = "xla"
+    assert config_lib.model_identity(stored) == config_lib.model_identity(other)
+    old = tiny.get_config()
+    del old.model["conv_impl"]
+    assert config_lib.model_identity(old) == config_lib.model_identity(other)
+    assert checkpointing.check_config_drift(json.loads(stored.to_json()), other, "W") == []
+    other.model.mask_convs = 3
+    assert config_lib.model_identity(stored) != config_lib.model_identity(other)
 
 
 def _config(conv_impl):
