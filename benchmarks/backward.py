@@ -15,8 +15,10 @@ being the difference:
     trainable_layers=3)`, forward under `torch.no_grad`.
   * `conv3x3 256 @ P2`: one 3x3 conv 256 -> 256 at stride 4 of --size (the FPN's P2 output
     conv and the RPN conv on P2, the largest convs of the step): forward, forward + kernel
-    gradient, forward + kernel and input gradients. msrcnn: `msrcnn.ops.conv.conv`, whose
-    kernel gradient is one matmul per tap; torchvision: `torch.nn.Conv2d` (oneDNN on CPU).
+    gradient, forward + kernel and input gradients. msrcnn: the model's convolution
+    (`msrcnn.models.layers.conv` with its `conv_impl`: on CPU `msrcnn.ops.xla_cpu.conv`,
+    whose kernel gradient is one matmul per tap); torchvision: `torch.nn.Conv2d` (oneDNN on
+    CPU).
 
 Each figure is the median of --runs calls after two warm-up calls, torch with --threads
 threads (0: all cores, as XLA:CPU uses).
@@ -65,8 +67,8 @@ def msrcnn_rows(height: int, width: int, runs: int) -> list[dict]:
 
     from benchmarks.train_step import msrcnn_config
     from msrcnn import config_lib, convert, optim
+    from msrcnn.models import layers
     from msrcnn.models.ms_rcnn import MaskScoringRCNN
-    from msrcnn.ops import conv as conv_lib
 
     config = msrcnn_config(height, width, 1, "float32", False)
     model = config_lib.build_model(config)
@@ -101,7 +103,7 @@ def msrcnn_rows(height: int, width: int, runs: int) -> list[dict]:
     kernel = jnp.asarray(rng.normal(0, 0.02, (3, 3, 256, 256)).astype(np.float32))
 
     def conv_loss(kernel, x):
-        return jnp.mean(jnp.square(conv_lib.conv(x, kernel, 1, 1)))
+        return jnp.mean(jnp.square(layers.conv(x, kernel, 1, 1, model.conv_impl)))
 
     conv_forward = jax.jit(conv_loss)
     kernel_grad = jax.jit(jax.value_and_grad(conv_loss))

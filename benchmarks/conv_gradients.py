@@ -7,13 +7,14 @@ gradient, msrcnn beside torchvision.
 
 benchmarks.backward says that the backbone + FPN backward is where msrcnn's train step loses
 to torchvision; this says which convolutions, and which of their two gradients. The
-convolutions are read from the model itself (every `nn.Conv` that `MaskScoringRCNN.pyramid`
-calls on an image of --size, with its input shape, kernel, stride and padding), grouped by
-shape, and each shape is timed alone on random data:
+convolutions are read from the model itself (every `msrcnn.models.layers.Conv` that
+`MaskScoringRCNN.pyramid` calls on an image of --size, with its input shape, kernel, stride,
+padding and implementation), grouped by shape, and each shape is timed alone on random data:
 
-  * msrcnn: `msrcnn.ops.conv.conv` under jit (the model's convolution), forward, and the
-    pullback of its output gradient to the kernel only and to the input only (XLA drops the
-    other half of the custom VJP);
+  * msrcnn: `msrcnn.models.layers.conv` under jit with the model's `conv_impl` (on CPU
+    "cpu_matmul": `msrcnn.ops.xla_cpu.conv`; elsewhere XLA's own), forward, and the pullback
+    of its output gradient to the kernel only and to the input only (XLA drops the other
+    half of the custom VJP);
   * torchvision's side: `torch.nn.functional.conv2d` and `aten.convolution_backward` with
     one gradient asked for at a time (oneDNN on CPU), torch with --threads threads.
 
@@ -61,6 +62,7 @@ class ConvShape:
     stride: int
     padding: int
     trainable: bool
+    impl: str = "xla"  # the model's conv_impl
 
     @property
     def name(self) -> str:
@@ -78,6 +80,7 @@ def pyramid_convs(height: int, width: int) -> list[tuple[ConvShape, int]]:
 
     from benchmarks.train_step import msrcnn_config
     from msrcnn import config_lib, optim
+    from msrcnn.models.layers import Conv
     from msrcnn.models.ms_rcnn import MaskScoringRCNN
 
     config = msrcnn_config(height, width, 1, "float32", False)
@@ -91,15 +94,13 @@ def pyramid_convs(height: int, width: int) -> list[tuple[ConvShape, int]]:
 
     def record(next_fun, args, kwargs, context):
         module = context.module
-        if isinstance(module, nn.Conv) and context.method_name == "__call__":
-            (pad_h, _), (pad_w, _) = module.padding
-            kh, kw = module.kernel_size
-            sh, sw = (module.strides,) * 2 if isinstance(module.strides, int) else module.strides
-            if kh != kw or sh != sw or pad_h != pad_w:
-                raise ValueError(f"{'/'.join(module.path)}: not a square conv")
+        if isinstance(module, Conv) and context.method_name == "__call__":
+            k, stride, pad = module.kernel_size, module.strides, (module.kernel_size - 1) // 2
             _, h, w, c = args[0].shape
             trainable = not frozen[(*module.path, "kernel")]
-            calls.append(ConvShape(h, w, c, module.features, kh, sh, pad_h, trainable))
+            calls.append(
+                ConvShape(h, w, c, module.features, k, stride, pad, trainable, module.impl)
+            )
         return next_fun(*args, **kwargs)
 
     def apply(variables, x):
@@ -125,13 +126,13 @@ def _inputs(shape: ConvShape, seed: int = 0):
 def msrcnn_times(shape: ConvShape, runs: int) -> dict[str, float]:
     import jax
 
-    from msrcnn.ops import conv as conv_lib
+    from msrcnn.models import layers
 
     x, kernel, dy = (jax.device_put(a) for a in _inputs(shape))
     stride, padding = shape.stride, shape.padding
 
     def forward(x, kernel):
-        return conv_lib.conv(x, kernel, stride, padding)
+        return layers.conv(x, kernel, stride, padding, shape.impl)
 
     def kernel_grad(x, kernel, dy):
         return jax.vjp(lambda k: forward(x, k), kernel)[1](dy)[0]

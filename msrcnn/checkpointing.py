@@ -183,8 +183,12 @@ def _iterator_state_from_json(payload):
     return payload["bytes"].encode("utf-8") if "bytes" in payload else payload["state"]
 
 
-# Settings that may differ on resume without being told: they decide how to resume, not what.
-_RESUME_SETTINGS = ("train.allow_config_change",)
+# Settings that may differ on resume without being told: they decide how to resume (or how
+# the model computes), not what.
+_RESUME_SETTINGS = (
+    "train.allow_config_change",
+    *(f"model.{k}" for k in config_lib.COMPUTE_ONLY_MODEL_SETTINGS),
+)
 
 
 def check_config_drift(stored: dict, config: ml_collections.ConfigDict, where: str) -> list[str]:

@@ -7,10 +7,13 @@ what they need; the checkpoint stores the config as JSON so a checkpoint rebuild
 
 from __future__ import annotations
 
+import json
+
 import jax.numpy as jnp
 import ml_collections
 
 from msrcnn.inference import InferenceConfig
+from msrcnn.models.layers import check_conv_impl
 from msrcnn.models.ms_rcnn import MaskScoringRCNN
 
 # torchvision's GeneralizedRCNNTransform normalisation of RGB in [0, 1].
@@ -36,6 +39,11 @@ def base_config() -> ml_collections.ConfigDict:
             "mask_scoring": True,
             # Computation dtype: float32, bfloat16, or auto (bf16 on accelerators).
             "dtype": "float32",
+            # How convolutions compute: xla (XLA's own convolutions and gradients),
+            # cpu_matmul (XLA:CPU workarounds: kernel gradients as matmuls, see
+            # msrcnn/ops/xla_cpu), or auto (cpu_matmul on CPU, xla on GPU / TPU). Same
+            # parameters and values up to float rounding.
+            "conv_impl": "auto",
             # One anchor size per RPN level P2..P6, and the aspect ratios (h / w) of each.
             "anchor_sizes": (32, 64, 128, 256, 512),
             # FPN level rule for RoIs: a box of this size is pooled from P4 (Lin et al. 2017).
@@ -171,17 +179,41 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
-def compute_dtype(name: str):
+def compute_dtype(name: str, backend: str):
     """'auto' is bfloat16 on GPU / TPU and float32 on CPU (where bf16 convs are slow);
     parameters stay float32 either way."""
     if name == "auto":
-        import jax
-
-        return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
+        return jnp.dtype(jnp.float32 if backend == "cpu" else jnp.bfloat16)
     return jnp.dtype(name)
 
 
-def build_model(config: ml_collections.ConfigDict) -> MaskScoringRCNN:
+# Model settings that choose how the model computes, not its parameters or (beyond float
+# rounding) its values: a checkpoint runs, resumes and evaluates under any of them.
+COMPUTE_ONLY_MODEL_SETTINGS = ("conv_impl",)
+
+
+def model_identity(config: ml_collections.ConfigDict) -> dict:
+    """config.model as plain data without COMPUTE_ONLY_MODEL_SETTINGS: equal for two configs
+    exactly when they describe the same model."""
+    fields = json.loads(config.model.to_json())
+    return {k: v for k, v in fields.items() if k not in COMPUTE_ONLY_MODEL_SETTINGS}
+
+
+def resolve_conv_impl(name: str, backend: str) -> str:
+    """config `model.conv_impl` -> the model's: 'auto' is 'cpu_matmul' on the 'cpu' backend
+    and 'xla' on any other (GPU / TPU run XLA's own convolutions)."""
+    if name == "auto":
+        return "cpu_matmul" if backend == "cpu" else "xla"
+    return check_conv_impl(name)
+
+
+def build_model(config: ml_collections.ConfigDict, backend: str | None = None) -> MaskScoringRCNN:
+    """The model of `config`; backend (default: JAX's default backend) decides what 'auto'
+    settings become, once, here."""
+    if backend is None:
+        import jax
+
+        backend = jax.default_backend()
     m = config.model
     return MaskScoringRCNN(
         num_classes=m.num_classes,
@@ -195,7 +227,9 @@ def build_model(config: ml_collections.ConfigDict) -> MaskScoringRCNN:
         mask_convs=m.mask_convs,
         mask_scoring=m.mask_scoring,
         num_anchors=len(m.aspect_ratios),
-        dtype=compute_dtype(m.dtype),
+        dtype=compute_dtype(m.dtype, backend),
+        # Configs stored before the setting existed mean "auto".
+        conv_impl=resolve_conv_impl(m.get("conv_impl", "auto"), backend),
     )
 
 

@@ -6,7 +6,6 @@ calibration, and writes them to DIR/eval.json.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -33,7 +32,7 @@ def main(argv) -> None:
         logging.set_verbosity(logging.WARNING)
     ckpt_dir = os.path.join(_WORKDIR.value, "checkpoints")
     variables, stored = checkpointing.load_variables(ckpt_dir, _STEP.value)
-    if json.loads(stored.model.to_json()) != json.loads(config.model.to_json()):
+    if config_lib.model_identity(stored) != config_lib.model_identity(config):
         raise ConfigError(
             f"{ckpt_dir} was trained with another model config: {stored.model} vs {config.model}"
         )

@@ -121,10 +121,7 @@ def compute_losses(
     filled = jnp.max(jnp.sum(pos["is_positive"], axis=1))
     head_params = {name: params[name] for name in MASK_BRANCH_PARAMS if name in params}
     buckets = slot_buckets.slot_buckets(max_pos, t.mask_slot_step)
-    # Inside the switch the heads' convs take their input gradients as forward ops
-    # (msrcnn.ops.conv: XLA:CPU's transposed convolutions are slow inside a conditional).
-    branch_model = model.clone(forward_conv_grads=len(buckets) > 1)
-    branch = functools.partial(_mask_branch, branch_model, cfg, t.maskiou_stop_gradient)
+    branch = functools.partial(_mask_branch, model, cfg, t.maskiou_stop_gradient)
     mask_out = slot_buckets.run_filled_slots(
         branch,
         {"params": head_params, "pyramid": pyramid},

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msrcnn.ops import conv as conv_ops
+from msrcnn.models.layers import Conv
 
 # torchvision initialises FPN convs with kaiming_uniform(a=1): uniform, gain 1, fan in.
 _FPN_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
@@ -38,22 +38,23 @@ class FPN(nn.Module):
     Attributes:
       channels: output channels of every level (256).
       dtype: computation dtype.
+      conv_impl: "xla" or "cpu_matmul" (`msrcnn.models.layers.Conv`).
     """
 
     channels: int = 256
     dtype: Any = jnp.float32
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, features: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """{'C2'..'C5'} [B, H_l, W_l, C_l] -> {'P2'..'P6'} [B, H_l, W_l, channels]."""
         names = sorted(features)  # C2, C3, C4, C5
-        conv = lambda k, name: nn.Conv(
+        conv = lambda k, name: Conv(
             self.channels,
-            (k, k),
-            padding=((k // 2, k // 2), (k // 2, k // 2)),
+            k,
             dtype=self.dtype,
             kernel_init=_FPN_INIT,
-            conv_general_dilated=conv_ops.conv_general_dilated,  # matmul kernel gradients
+            impl=self.conv_impl,
             name=name,
         )
         laterals = [conv(1, f"inner_blocks_{i}")(features[n]) for i, n in enumerate(names)]

@@ -7,32 +7,30 @@ follow torchvision where it has the layer (`conv`, `cls_logits`, `bbox_pred`, `f
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from msrcnn.ops import conv as conv_ops
+from msrcnn.models.layers import Conv
 
 _RELU_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 _FC_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")  # kaiming_uniform(a=1)
 
 
-def _conv3x3(features, name, dtype, stride=1, kernel_init=_RELU_FAN_OUT, forward_grads=False):
-    """forward_grads: input gradients as forward ops, for convs that run inside the train
-    step's `lax.switch` (msrcnn.ops.conv); kernel gradients are matmuls either way."""
-    return nn.Conv(
+def _roi_conv3x3(features, name, dtype, impl, stride=1):
+    """A 3x3 conv of the mask / MaskIoU heads. In training these run inside the mask
+    branch's `lax.switch` (msrcnn.ops.slot_buckets), so with "cpu_matmul" their input
+    gradients are forward ops (`msrcnn.ops.xla_cpu`)."""
+    return Conv(
         features,
-        (3, 3),
-        strides=(stride, stride),
-        padding=((1, 1), (1, 1)),
+        3,
+        stride,
         dtype=dtype,
-        kernel_init=kernel_init,
-        conv_general_dilated=functools.partial(
-            conv_ops.conv_general_dilated, forward_input_grad=forward_grads
-        ),
+        kernel_init=_RELU_FAN_OUT,
+        impl=impl,
+        forward_input_grad=True,
         name=name,
     )
 
@@ -114,10 +112,12 @@ class RPNHead(nn.Module):
     Attributes:
       num_anchors: anchors per location A (3 aspect ratios x 1 size for FPN).
       dtype: computation dtype; outputs are float32.
+      conv_impl: "xla" or "cpu_matmul" (`msrcnn.models.layers.Conv`).
     """
 
     num_anchors: int = 3
     dtype: Any = jnp.float32
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, features: list[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
@@ -126,26 +126,15 @@ class RPNHead(nn.Module):
         The flattening order (location-major, anchor-minor) is the anchors' order.
         """
         init = nn.initializers.normal(0.01)
-        conv = _conv3x3(features[0].shape[-1], "conv", self.dtype, kernel_init=init)
-        cls = nn.Conv(
-            self.num_anchors,
-            (1, 1),
-            dtype=self.dtype,
-            kernel_init=init,
-            conv_general_dilated=conv_ops.conv_general_dilated,
-            name="cls_logits",
+        conv = lambda features, k, name: Conv(
+            features, k, dtype=self.dtype, kernel_init=init, impl=self.conv_impl, name=name
         )
-        box = nn.Conv(
-            4 * self.num_anchors,
-            (1, 1),
-            dtype=self.dtype,
-            kernel_init=init,
-            conv_general_dilated=conv_ops.conv_general_dilated,
-            name="bbox_pred",
-        )
+        shared = conv(features[0].shape[-1], 3, "conv")
+        cls = conv(self.num_anchors, 1, "cls_logits")
+        box = conv(4 * self.num_anchors, 1, "bbox_pred")
         logits, deltas = [], []
         for x in features:
-            x = nn.relu(conv(x))
+            x = nn.relu(shared(x))
             batch = x.shape[0]
             logits.append(cls(x).astype(jnp.float32).reshape(batch, -1))
             deltas.append(box(x).astype(jnp.float32).reshape(batch, -1, 4))
@@ -194,14 +183,14 @@ class MaskHead(nn.Module):
       num_classes: K foreground classes (one mask per class, no background mask).
       channels: width of the convs.
       dtype: computation dtype; logits are float32.
-      forward_conv_grads: see MaskScoringRCNN.
+      conv_impl: "xla" or "cpu_matmul" (`msrcnn.models.layers.Conv`).
     """
 
     num_classes: int
     channels: int = 256
     num_convs: int = 4
     dtype: Any = jnp.float32
-    forward_conv_grads: bool = False
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, roi_features, classes=None):
@@ -209,9 +198,7 @@ class MaskHead(nn.Module):
         RoI's class: [R, 28, 28] (what training reads, at a fraction of the work)."""
         x = roi_features
         for i in range(self.num_convs):
-            conv = _conv3x3(
-                self.channels, f"mask_fcn{i + 1}", self.dtype, forward_grads=self.forward_conv_grads
-            )
+            conv = _roi_conv3x3(self.channels, f"mask_fcn{i + 1}", self.dtype, self.conv_impl)
             x = nn.relu(conv(x))
         # The upsampling's depth-to-space moves every channel; the 1x1 logits conv and the
         # ReLU are per pixel, so they run before it and only the logits are moved.
@@ -232,22 +219,22 @@ class MaskIoUHead(nn.Module):
         class column.
       channels: conv width; hidden: FC width.
       dtype: computation dtype; output is float32.
-      forward_conv_grads: see MaskScoringRCNN.
+      conv_impl: "xla" or "cpu_matmul" (`msrcnn.models.layers.Conv`).
     """
 
     num_classes: int
     channels: int = 256
     hidden: int = 1024
     dtype: Any = jnp.float32
-    forward_conv_grads: bool = False
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, roi_features, mask_probs):
         """[R, 14, 14, C] features, [R, 28, 28] mask probabilities -> MaskIoU [R, K]."""
         pooled = nn.max_pool(mask_probs[..., None], (2, 2), strides=(2, 2))  # [R, 14, 14, 1]
         x = jnp.concatenate([roi_features.astype(self.dtype), pooled.astype(self.dtype)], -1)
-        conv = functools.partial(
-            _conv3x3, self.channels, dtype=self.dtype, forward_grads=self.forward_conv_grads
+        conv = lambda name, stride=1: _roi_conv3x3(
+            self.channels, name, self.dtype, self.conv_impl, stride
         )
         for i in range(3):
             x = nn.relu(conv(f"maskiou_fcn{i + 1}")(x))

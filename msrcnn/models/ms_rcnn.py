@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from msrcnn.models.fpn import FPN
 from msrcnn.models.heads import BoxHead, MaskHead, MaskIoUHead, RPNHead
+from msrcnn.models.layers import check_conv_impl
 from msrcnn.models.resnet import ResNet
 
 RPN_LEVELS = ("P2", "P3", "P4", "P5", "P6")
@@ -47,10 +48,10 @@ class MaskScoringRCNN(nn.Module):
       mask_scoring: build the MaskIoU head (False -> plain Mask R-CNN).
       dtype: computation dtype (bfloat16 on accelerators); parameters are float32 and every
         head's output is float32.
-      forward_conv_grads: the mask and MaskIoU heads' 3x3 convs compute their input
-        gradients with forward ops (`msrcnn.ops.conv`): set by the train step where the heads
-        run inside a `lax.switch`; same parameters, values and gradients up to float
-        rounding. (Every conv of the model takes its kernel gradient as matmuls.)
+      conv_impl: how every convolution computes (`msrcnn.models.layers.Conv`): "xla" (XLA's
+        own convolutions and gradients) or "cpu_matmul" (XLA:CPU workarounds,
+        `msrcnn.ops.xla_cpu`); same parameters, and values up to float rounding. The config's
+        "auto" is resolved before the model is built (`config_lib.build_model`).
     """
 
     num_classes: int
@@ -65,9 +66,10 @@ class MaskScoringRCNN(nn.Module):
     mask_convs: int = 4
     mask_scoring: bool = True
     dtype: Any = jnp.float32
-    forward_conv_grads: bool = False
+    conv_impl: str = "xla"
 
     def setup(self):
+        impl = check_conv_impl(self.conv_impl)
         self.backbone = ResNet(
             depth=self.depth,
             width=self.width,
@@ -75,16 +77,13 @@ class MaskScoringRCNN(nn.Module):
             norm=self.norm,
             freeze_at=self.freeze_at,
             dtype=self.dtype,
+            conv_impl=impl,
         )
-        self.fpn = FPN(self.fpn_channels, dtype=self.dtype)
-        self.rpn_head = RPNHead(self.num_anchors, dtype=self.dtype)
+        self.fpn = FPN(self.fpn_channels, dtype=self.dtype, conv_impl=impl)
+        self.rpn_head = RPNHead(self.num_anchors, dtype=self.dtype, conv_impl=impl)
         self.box_head = BoxHead(self.num_classes, self.box_hidden, dtype=self.dtype)
         self.mask_head = MaskHead(
-            self.num_classes,
-            self.fpn_channels,
-            self.mask_convs,
-            dtype=self.dtype,
-            forward_conv_grads=self.forward_conv_grads,
+            self.num_classes, self.fpn_channels, self.mask_convs, dtype=self.dtype, conv_impl=impl
         )
         if self.mask_scoring:
             self.maskiou_head = MaskIoUHead(
@@ -92,7 +91,7 @@ class MaskScoringRCNN(nn.Module):
                 self.fpn_channels,
                 self.box_hidden,
                 dtype=self.dtype,
-                forward_conv_grads=self.forward_conv_grads,
+                conv_impl=impl,
             )
 
     def pyramid(self, images, train: bool = False) -> dict[str, jax.Array]:

@@ -16,24 +16,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from msrcnn.models.layers import Conv
 from msrcnn.models.norm import norm_layer
-from msrcnn.ops import conv as conv_ops
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
-def conv(features, kernel, stride=1, name=None, dtype=jnp.float32, use_bias=False):
-    """A PyTorch-padded convolution: padding (kernel - 1) // 2 on every side."""
-    pad = (kernel - 1) // 2
-    return nn.Conv(
+def conv(features, kernel, stride, name, dtype, impl):
+    """A bias-free PyTorch-padded convolution with He (fan-out) initialisation."""
+    return Conv(
         features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        use_bias=use_bias,
+        kernel,
+        stride,
+        use_bias=False,
         dtype=dtype,
         kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-        conv_general_dilated=conv_ops.conv_general_dilated,  # matmul kernel gradients
+        impl=impl,
         name=name,
     )
 
@@ -47,6 +45,7 @@ class Bottleneck(nn.Module):
       stride_in_1x1: original ResNet v1 / Caffe2 placement of the stride.
       norm: "frozen_bn", "bn" or "gn" (see `msrcnn.models.norm`).
       dtype: computation dtype.
+      conv_impl: "xla" or "cpu_matmul" (`msrcnn.models.layers.Conv`).
     """
 
     width: int
@@ -54,22 +53,24 @@ class Bottleneck(nn.Module):
     stride_in_1x1: bool = False
     norm: str = "frozen_bn"
     dtype: Any = jnp.float32
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         stride_1x1, stride_3x3 = (self.stride, 1) if self.stride_in_1x1 else (1, self.stride)
         out_channels = 4 * self.width
-        y = conv(self.width, 1, stride_1x1, "conv1", self.dtype)(x)
+        impl = self.conv_impl
+        y = conv(self.width, 1, stride_1x1, "conv1", self.dtype, impl)(x)
         y = nn.relu(norm_layer(self.norm, "bn1", self.dtype)(y, train))
-        y = conv(self.width, 3, stride_3x3, "conv2", self.dtype)(y)
+        y = conv(self.width, 3, stride_3x3, "conv2", self.dtype, impl)(y)
         y = nn.relu(norm_layer(self.norm, "bn2", self.dtype)(y, train))
-        y = conv(out_channels, 1, 1, "conv3", self.dtype)(y)
+        y = conv(out_channels, 1, 1, "conv3", self.dtype, impl)(y)
         # Zero-init of the last norm's scale helps from-scratch training (Goyal et al. 2017).
         y = norm_layer(self.norm, "bn3", self.dtype, zero_scale=True)(y, train)
         if x.shape[-1] != out_channels or self.stride != 1:
-            x = DownSample(out_channels, self.stride, self.norm, self.dtype, name="downsample")(
-                x, train
-            )
+            x = DownSample(
+                out_channels, self.stride, self.norm, self.dtype, impl, name="downsample"
+            )(x, train)
         return nn.relu(x + y)
 
 
@@ -80,10 +81,11 @@ class DownSample(nn.Module):
     stride: int
     norm: str
     dtype: Any
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = conv(self.features, 1, self.stride, "0", self.dtype)(x)
+        x = conv(self.features, 1, self.stride, "0", self.dtype, self.conv_impl)(x)
         return norm_layer(self.norm, "1", self.dtype)(x, train)
 
 
@@ -99,6 +101,7 @@ class ResNet(nn.Module):
       freeze_at: stop gradients after this many stages (0 none, 1 the stem, 2 stem + res2, ...);
         those parameters must also be excluded from the optimizer.
       dtype: computation dtype (parameters stay float32).
+      conv_impl: "xla" or "cpu_matmul" (`msrcnn.models.layers.Conv`).
     """
 
     depth: int = 50
@@ -107,10 +110,11 @@ class ResNet(nn.Module):
     norm: str = "frozen_bn"
     freeze_at: int = 2
     dtype: Any = jnp.float32
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, images, train: bool = False) -> dict[str, jax.Array]:
-        x = conv(self.width, 7, 2, "conv1", self.dtype)(images.astype(self.dtype))
+        x = conv(self.width, 7, 2, "conv1", self.dtype, self.conv_impl)(images.astype(self.dtype))
         x = nn.relu(norm_layer(self.norm, "bn1", self.dtype)(x, train))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         if self.freeze_at >= 1:
@@ -124,6 +128,7 @@ class ResNet(nn.Module):
                     stride_in_1x1=self.stride_in_1x1,
                     norm=self.norm,
                     dtype=self.dtype,
+                    conv_impl=self.conv_impl,
                     name=f"layer{stage + 1}_{block}",
                 )(x, train)
             if self.freeze_at >= stage + 2:

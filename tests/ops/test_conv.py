@@ -1,14 +1,13 @@
-"""msrcnn.ops.conv: equals lax's convolution in values and both gradients (kernel gradient as
-matmuls, input gradient from XLA or as forward ops), at top level and inside lax.cond, and
-slots into flax's nn.Conv."""
+"""msrcnn.ops.xla_cpu.conv: equals lax's convolution in values and both gradients (kernel
+gradient as matmuls, input gradient from XLA or as forward ops), at top level and inside
+lax.cond. (The layer that uses it, msrcnn.models.layers.Conv: tests/models/test_layers.py.)"""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msrcnn.ops import conv
+from msrcnn.ops.xla_cpu import conv
 
 
 def _lax_conv(x, kernel, stride, padding):
@@ -90,35 +89,6 @@ def test_bfloat16_gradients_keep_dtypes(forward_input_grad):
     )
 
 
-@pytest.mark.parametrize(
-    "kwargs, uses_custom",
-    [
-        (dict(kernel_size=(3, 3), padding=((1, 1), (1, 1))), True),
-        (dict(kernel_size=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1))), True),
-        (dict(kernel_size=(1, 1)), True),  # padding "SAME"
-        (dict(kernel_size=(3, 3), padding="VALID"), True),
-        (dict(kernel_size=(3, 3), padding=((1, 0), (1, 1))), False),  # asymmetric
-        (dict(kernel_size=(3, 3), kernel_dilation=2), False),
-        (dict(kernel_size=(3, 3), feature_group_count=5, padding="SAME"), False),
-    ],
-)
-def test_flax_conv_adapter(kwargs, uses_custom, monkeypatch):
-    calls = []
-    original = conv.conv
-    monkeypatch.setattr(conv, "conv", lambda *a: calls.append(1) or original(*a))
-    x, _ = _inputs(14, 14)
-    features = 5 if kwargs.get("feature_group_count") else 4
-    reference = nn.Conv(features, **kwargs)
-    custom = nn.Conv(features, conv_general_dilated=conv.conv_general_dilated, **kwargs)
-    variables = reference.init(jax.random.key(0), x)
-    want = jax.grad(lambda v: jnp.sum(reference.apply(v, x) ** 2))(variables)
-    got = jax.grad(lambda v: jnp.sum(custom.apply(v, x) ** 2))(variables)
-    assert bool(calls) == uses_custom
-    np.testing.assert_allclose(custom.apply(variables, x), reference.apply(variables, x), atol=1e-5)
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
-
-
 @pytest.mark.parametrize("forward_input_grad", [False, True])
 def test_empty_batch_gives_zero_kernel_gradient(forward_input_grad):
     # No RoIs in a bucket / batch: the kernel gradient is a sum over nothing.
@@ -170,7 +140,8 @@ def test_chunked_kernel_gradient_matches_lax(size, padding, stride, chunk_bytes,
 
 def test_gradient_chunks_large_inputs_only(monkeypatch):
     # conv's backward takes the chunked kernel gradient (a loop) for inputs over twice
-    # CHUNK_BYTES on CPU, never for 1x1 kernels, and with the same values.
+    # CHUNK_BYTES (on any backend: the module is chosen for CPU), never for 1x1 kernels, and
+    # with the same values.
     x, kernel = _inputs(9, 7)  # 2520 bytes
 
     def grads(k, x):  # a new function each time: no trace cached across CHUNK_BYTES values
@@ -182,7 +153,7 @@ def test_gradient_chunks_large_inputs_only(monkeypatch):
         return "scan" in jaxpr or "while" in jaxpr
 
     monkeypatch.setattr(conv, "CHUNK_BYTES", 1000)
-    assert has_loop(kernel, x) == (jax.default_backend() == "cpu")
+    assert has_loop(kernel, x)
     assert not has_loop(kernel, x[:, :4])  # 1120 bytes: one pass
     assert not has_loop(jnp.ones((1, 1, 5, 4)), x)
     chunked = grads(kernel, x)

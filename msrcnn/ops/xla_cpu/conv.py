@@ -1,23 +1,21 @@
 """Convolution (NHWC / HWIO, square stride, symmetric padding) with its kernel gradient as
-matmuls, and optionally its input gradient as forward ops.
+matmuls, and optionally its input gradient as forward ops: the convolution of every layer
+under `conv_impl="cpu_matmul"` (msrcnn.models.layers.Conv).
 
 Same values and gradients as `lax.conv_general_dilated` up to float rounding, formulated
 differently in the backward:
   * kernel gradient: dK[i, j] = sum over output pixels of x_padded[at tap (i, j)]^T dy, one
-    [C, N*H'*W'] x [N*H'*W', O] matmul per kernel tap (one matmul for a 1x1 conv); on CPU,
-    for inputs over 3 MiB, summed in a loop over cache-sized chunks of the input (for
-    stride 1 and images over a chunk, bands of a channels-first copy, matmuls in standard
-    form);
-  * input gradient: XLA's own transposed convolution, or (`forward_input_grad`) a forward conv
-    with the rotated kernel (stride 1) or one matmul per tap spread back to the input grid.
+    [C, N*H'*W'] x [N*H'*W', O] matmul per kernel tap (one matmul for a 1x1 conv); for
+    inputs over 3 MiB summed in a loop over cache-sized chunks of the input (for stride 1
+    and images over a chunk, bands of a channels-first copy, matmuls in standard form);
+  * input gradient: XLA's own transposed convolution, or (`forward_input_grad`) the same
+    arithmetic as a forward conv: dy (spread back to stride 1 with zeros) with the rotated
+    kernel.
 
 Why: XLA:CPU computes kernel gradients as convolutions whose reduction runs over the pixels,
-and those run far below its matmul speed (2 cores, AVX-512: a 1x1 conv's kernel gradient on
-[1, 128, 128, 256] 144 ms, its single matmul 12 ms; 3x3 kernel gradients 90-200 GFLOP/s vs
-~260 for a matmul). Inside a `lax.switch` (the train step's mask branch,
-`msrcnn.ops.slot_buckets`) its gradient convolutions fall off the fast (YNNPACK) path
-altogether (the kernel gradient of a 3x3 conv on [128, 14, 14, 256] ~130x slower than at top
-level, the input gradient several times slower), hence the forward-op input gradient there.
+and those run far below its matmul speed. Inside a `lax.switch` (the train step's mask
+branch, `msrcnn.ops.slot_buckets`) its gradient convolutions fall off the fast path
+altogether, hence the forward-op input gradient there. Timings: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -50,14 +48,19 @@ def _conv_fwd(x, kernel, stride, padding, forward_input_grad):
     return _conv(x, kernel, stride, padding), (x, kernel)
 
 
+# Name scope of the backward's ops (in jaxprs and in the compiled program's op names).
+BWD_SCOPE = "xla_cpu_conv_bwd"
+
+
 def _conv_bwd(stride, padding, forward_input_grad, residuals, dy):
     x, kernel = residuals
-    dkernel = kernel_gradient(x, dy, kernel.shape, stride, padding).astype(kernel.dtype)
-    if forward_input_grad:
-        dx = _input_gradient_as_forward_ops(dy, kernel, x.shape, stride, padding)
-    else:
-        _, pullback = jax.vjp(lambda x: _conv(x, kernel, stride, padding), x)
-        (dx,) = pullback(dy)
+    with jax.named_scope(BWD_SCOPE):
+        dkernel = kernel_gradient(x, dy, kernel.shape, stride, padding).astype(kernel.dtype)
+        if forward_input_grad:
+            dx = _input_gradient_as_forward_ops(dy, kernel, x.shape, stride, padding)
+        else:
+            _, pullback = jax.vjp(lambda x: _conv(x, kernel, stride, padding), x)
+            (dx,) = pullback(dy)
     return dx.astype(x.dtype), dkernel
 
 
@@ -82,14 +85,12 @@ def kernel_gradient(x, dy, kernel_shape, stride: int, padding: int, chunk_bytes=
     chunk_bytes: when x is larger than twice this (and the kernel is not 1x1), sum the
     kernel gradient over chunks of about this many input bytes in a loop (whole images, or
     bands of output rows of one image: for stride 1 from a channels-first copy, see
-    `_flat_kernel_gradient_in_bands`). Default: CHUNK_BYTES on CPU, no chunks elsewhere.
-    Why: on CPU the per-tap matmuls of a large input stream x and dy from memory once per
-    tap; chunked, they run from cache (2 cores, AVX-512: 3x3 256 -> 256 on [1, 128, 128,
-    256] 156 -> 100 ms; on [48, 14, 14, 256] 100 -> 52 ms). A loop of small matmuls would
-    only serialise a GPU.
+    `_flat_kernel_gradient_in_bands`); 0: one pass. Default: CHUNK_BYTES. Why: the per-tap
+    matmuls of a large input stream x and dy from memory once per tap; chunked, they run
+    from cache.
     """
     if chunk_bytes is None:
-        chunk_bytes = CHUNK_BYTES if jax.default_backend() == "cpu" else 0
+        chunk_bytes = CHUNK_BYTES
     kh, kw = kernel_shape[:2]
     padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     if chunk_bytes <= 0 or kh * kw == 1 or x.size * x.dtype.itemsize <= 2 * chunk_bytes:
@@ -157,10 +158,9 @@ def _flat_kernel_gradient_in_bands(padded, dy, kernel_shape, chunk_bytes: int):
     (P = N * block_rows * Wp), and the output gradient is zero-padded to the same pixel grid, so
     that output pixel m reads input pixel m + i * Wp + j at tap (i, j): each tap of a band is
     a contiguous column range of x_t, and no per-tap window is copied out. Why: XLA:CPU runs
-    the row-contracting matmuls of `_tap_products` through Eigen (~150-180 GFLOP/s here), the
-    standard form through YNNPACK, near its matmul speed (3x3 256 -> 256 on [1, 128, 128,
-    256]: 103 -> 88 ms); the zero columns cost Wp / W' more (+1.6% at 128 wide). Whole small
-    images (the mask head's 14 x 14) would pay Hp * Wp / (H' * W') = 1.31x and lose.
+    the row-contracting matmuls of `_tap_products` well below the standard form's speed; the
+    zero columns cost Wp / W' more work. Whole small images (the mask head's 14 x 14) would
+    pay Hp * Wp / (H' * W') = 1.31x and lose.
     """
     kh, kw, in_ch, out_ch = kernel_shape
     n, hp, wp, _ = padded.shape
@@ -203,75 +203,26 @@ def _largest_divisor_at_most(n: int, cap: int) -> int:
 
 def _input_gradient_as_forward_ops(dy, kernel, x_shape, stride: int, padding: int):
     """dL/dx of `conv` written as forward ops (XLA:CPU's transposed convolution falls off its
-    fast path inside a conditional)."""
-    kh, kw = kernel.shape[:2]
-    if stride == 1 and kh == kw == 2 * padding + 1:
-        # A stride-1 'same' conv's input gradient is the conv of dy with the kernel rotated by
-        # 180 degrees and its in / out channels swapped.
-        flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-        return _conv(dy, flipped, 1, padding)
-    # Otherwise each tap (i, j) sends dy[h, w] @ kernel[i, j].T to padded input pixel
-    # (s*h + i, s*w + j): spread with interior padding, sum, then drop the border.
-    n, h, w, in_ch = x_shape
-    h_out, w_out = dy.shape[1:3]
-    hp, wp = h + 2 * padding, w + 2 * padding
-    zero = jnp.zeros((), jnp.float32)
-    total = jnp.zeros((n, hp, wp, in_ch), jnp.float32)
-    for i in range(kh):
-        for j in range(kw):
-            part = jnp.dot(dy, kernel[i, j].T, preferred_element_type=jnp.float32)
-            config = [
-                (0, 0, 0),
-                (i, hp - i - (stride * (h_out - 1) + 1), stride - 1),
-                (j, wp - j - (stride * (w_out - 1) + 1), stride - 1),
-                (0, 0, 0),
-            ]
-            total = total + lax.pad(part, zero, config)
-    return total[:, padding : padding + h, padding : padding + w]
+    fast path inside a conditional): the stride-1 convolution of dy, spread out to stride 1
+    with zeros, with the kernel rotated by 180 degrees and its in / out channels swapped.
 
-
-def conv_general_dilated(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
-    feature_group_count=1,
-    precision=None,
-    *,
-    forward_input_grad: bool = False,
-):
-    """`lax.conv_general_dilated`'s signature for `flax.linen.Conv(conv_general_dilated=...)`.
-
-    Takes the `conv` path for NHWC / HWIO, equal strides, equal symmetric padding, no dilation
-    or groups (every conv of the model), and `lax` otherwise. Bind `forward_input_grad` with
-    functools.partial.
+    The same arithmetic as XLA's own input gradient (a convolution with lhs dilation), so at
+    top level the values agree with it exactly on XLA:CPU (checked for the heads' shapes).
     """
-    plain = (
-        len(set(window_strides)) == 1
-        and all(d == 1 for d in (lhs_dilation or (1, 1)))
-        and all(d == 1 for d in (rhs_dilation or (1, 1)))
-        and feature_group_count == 1
-        and precision is None
-        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-    )
-    if plain:
-        pads = padding
-        if isinstance(pads, str):  # "SAME" / "VALID" as explicit (low, high) pairs
-            pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, pads)
-        if len({p for pair in pads for p in pair}) == 1:
-            return conv(lhs, rhs, window_strides[0], pads[0][0], forward_input_grad)
-    return lax.conv_general_dilated(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count,
-        precision=precision,
-    )
+    kh, kw = kernel.shape[:2]
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    if stride == 1 and kh == kw == 2 * padding + 1:  # 'same': dy is already on x's grid
+        return _conv(dy, flipped, 1, padding)
+    # Output pixel (h', w') reads padded input (s*h' + i, s*w' + j): dy goes back to stride
+    # 1 with s - 1 zeros between pixels, framed so that a 'valid' kh x kw window lands on
+    # every input pixel (input pixels no output read get zeros).
+    (h, w), (h_out, w_out) = x_shape[1:3], dy.shape[1:3]
+    low_h, low_w = kh - 1 - padding, kw - 1 - padding
+    config = [
+        (0, 0, 0),
+        (low_h, h + kh - 1 - low_h - (stride * (h_out - 1) + 1), stride - 1),
+        (low_w, w + kw - 1 - low_w - (stride * (w_out - 1) + 1), stride - 1),
+        (0, 0, 0),
+    ]
+    spread = lax.pad(dy, jnp.zeros((), dy.dtype), config)
+    return _conv(spread, flipped, 1, 0)
