@@ -65,6 +65,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
+    batch = 8
+    if args.images < 2 * batch:
+        parser.error(f"--images must be at least {2 * batch}: a batch of {batch} in each bucket")
 
     root = tempfile.mkdtemp(prefix="msrcnn_pipeline_")
     json_path = write_dataset(root, args.images)
@@ -97,7 +100,6 @@ def main(argv=None) -> dict:
         "one_core_images_per_s": 1e3 / (decode_ms + prepare_ms),
         "iterator": {},
     }
-    batch = 8
     for threads in (int(t) for t in args.threads.split(",")):
         it = iter(
             buckets.make_bucketed_train_dataset(

@@ -181,7 +181,7 @@ SCENARIOS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
         ("python -m benchmarks.conv_gradients", SIDE_BY_SIDE_SMALL),
         ("python -m benchmarks.ops", ("--quick",)),
         ("/tmp/tv/bin/python -m benchmarks.ops", ("--quick",)),
-        ("python -m benchmarks.input_pipeline", ("--images=4", "--threads=1")),
+        ("python -m benchmarks.input_pipeline", ("--images=16", "--threads=1")),
         ("python -m benchmarks.train_memory", ("--batch=1", "--hw=64,64")),
         (
             "python -m benchmarks.train_memory --config=experiments/coco.py --batch=1,2",
