@@ -259,14 +259,15 @@ def export_stablehlo(serve, variables, spec, path: str, platforms=("cpu",)) -> N
         f.write(exported_program(serve, variables, spec, platforms).serialize())
 
 
-def export_saved_model(serve, variables, spec, path: str, names, platforms=("cpu",)) -> None:
-    """A TF SavedModel: the `jax.export` module in an XlaCallModule op, as jax2tf builds it,
-    with the weights as tf.Variables and one `serving_default` signature.
+def tf_module(fn, variables, inputs: dict, output_names, platforms=("cpu",)):
+    """A tf.Module whose `serving_default` runs `fn(variables, *inputs)` (one XlaCallModule op).
 
-    jax2tf itself is not used: it passes on jax's StableHLO bytes, written for consumers at
-    most 4 weeks older than jax (StableHLO 1.15.0 for jax 0.10.2), and TensorFlow 2.21 reads
-    up to 1.13.7 ("failed to deserialize portable artifact"). Here the module is serialised
-    by TensorFlow's own StableHLO library at the version it reads.
+    `inputs` maps input names to ShapeDtypeStructs; the weights are tf.Variables of the
+    module. This is what jax2tf builds, with one difference: jax2tf passes on jax's StableHLO
+    bytes, written for consumers at most 4 weeks older than jax (StableHLO 1.15.0 for jax
+    0.10.2), and TensorFlow 2.21 reads up to 1.13.7 ("failed to deserialize portable
+    artifact"). Here TensorFlow's own StableHLO library serialises the module at the version
+    it reads.
     """
     import tensorflow as tf
     from tensorflow.compiler.mlir.stablehlo import stablehlo as tf_stablehlo
@@ -274,8 +275,8 @@ def export_saved_model(serve, variables, spec, path: str, names, platforms=("cpu
 
     leaves, treedef = jax.tree.flatten(variables)
     weights_spec = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves]
-    fn = jax.jit(lambda flat, images: serve(jax.tree.unflatten(treedef, flat), images))
-    exported = jax.export.export(fn, platforms=platforms)(weights_spec, spec)
+    flat_fn = jax.jit(lambda flat, *args: fn(jax.tree.unflatten(treedef, flat), *args))
+    exported = jax.export.export(flat_fn, platforms=platforms)(weights_spec, *inputs.values())
     if exported.calling_convention_version > tfxla.call_module_maximum_supported_version():
         raise RuntimeError(
             f"this TensorFlow runs XlaCallModule up to calling convention "
@@ -288,13 +289,14 @@ def export_saved_model(serve, variables, spec, path: str, names, platforms=("cpu
 
     holder = tf.Module()
     holder.weights = [tf.Variable(np.asarray(leaf), trainable=False) for leaf in leaves]
+    signature = [
+        tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name=name)
+        for name, spec in inputs.items()
+    ]
 
-    @tf.function(
-        input_signature=[tf.TensorSpec(spec.shape, tf.uint8, name=INPUT_NAME)],
-        autograph=False,
-    )
-    def serving_default(images):
-        args = [*holder.weights, images]
+    @tf.function(input_signature=signature, autograph=False)
+    def serving_default(*args):
+        args = [*holder.weights, *args]
         outputs = tfxla.call_module(
             [args[i] for i in exported.module_kept_var_idx],
             version=exported.calling_convention_version,
@@ -304,10 +306,18 @@ def export_saved_model(serve, variables, spec, path: str, names, platforms=("cpu
             platforms=[platform.upper() for platform in exported.platforms],
             use_shardy_partitioner=bool(jax.config.jax_use_shardy_partitioner),
         )
-        return dict(zip(names, outputs, strict=True))
+        return dict(zip(output_names, outputs, strict=True))
 
     holder.serving_default = serving_default
-    tf.saved_model.save(holder, path, signatures={"serving_default": serving_default})
+    return holder
+
+
+def export_saved_model(serve, variables, spec, path: str, names, platforms=("cpu",)) -> None:
+    """A TF SavedModel (see `tf_module`) with one `serving_default` signature."""
+    import tensorflow as tf
+
+    holder = tf_module(serve, variables, {INPUT_NAME: spec}, names, platforms)
+    tf.saved_model.save(holder, path, signatures={"serving_default": holder.serving_default})
 
 
 def export(
