@@ -305,3 +305,12 @@ def test_parse_size_and_format_errors(predictor):
             export.parse_size(bad)
     with pytest.raises(ValueError, match="format"):
         export.export(predictor.config, predictor.variables, "tflite", "/tmp/x")
+
+
+def test_documented_signature_is_the_exported_one():
+    """The README's Deploy section names the input and every output."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    section = readme[readme.index("## Deploy") :]
+    for name in (export.INPUT_NAME, *export.OUTPUT_NAMES, "mask_probs"):
+        assert f"`{name}`" in section, name
