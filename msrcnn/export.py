@@ -221,6 +221,35 @@ def _uniform_initializers_as_expand(graph, min_size: int = 4096) -> int:
     return saved
 
 
+def _subgraphs(graph):
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in [attribute.g, *attribute.graphs]:
+                if subgraph.node or subgraph.output:
+                    yield subgraph
+
+
+def _names_read(graph) -> set[str]:
+    """Every value name a graph's nodes (and their subgraphs') read or it outputs."""
+    names = {output.name for output in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+    for subgraph in _subgraphs(graph):
+        names |= _names_read(subgraph)
+    return names
+
+
+def _drop_unused_initializers(graph) -> int:
+    """Removes initializers nothing reads (jax2onnx leaves some in Loop bodies, and
+    onnxruntime warns about each one when it loads the model). Returns how many."""
+    read = _names_read(graph)
+    kept = [tensor for tensor in graph.initializer if tensor.name in read]
+    dropped = len(graph.initializer) - len(kept)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return dropped + sum(_drop_unused_initializers(g) for g in _subgraphs(graph))
+
+
 def export_onnx(serve, variables, spec, path: str, names) -> None:
     """ONNX through jax2onnx, weights as initializers.
 
@@ -228,8 +257,8 @@ def export_onnx(serve, variables, spec, path: str, names) -> None:
     primitives only (jax2onnx's stand-ins for Flax's max_pool take neither a positional
     window nor explicit padding pairs, which the ResNet stem uses), with gathers and scatters
     in a form its lowering handles. Then boolean Where nodes become logic ops (onnxruntime
-    runs them) and constant-valued tensors a scalar expanded at run time (the file holds the
-    weights, not ~150 MB of repeated zeros for R-50).
+    runs them), constant-valued tensors a scalar expanded at run time (the file holds the
+    weights, not ~150 MB of repeated zeros for R-50), and unused initializers are dropped.
     """
     import onnx
     from jax2onnx import to_onnx
@@ -244,6 +273,7 @@ def export_onnx(serve, variables, spec, path: str, names) -> None:
     inferred = onnx.shape_inference.infer_shapes(model)
     _bool_where_as_logic(model.graph, _bool_values(inferred.graph) | _bool_values(model.graph))
     _uniform_initializers_as_expand(model.graph)
+    _drop_unused_initializers(model.graph)
     onnx.save(model, path)
 
 

@@ -264,7 +264,8 @@ def test_onnx(predictor, images, expected, tmp_path):
 
 
 def test_onnx_graph_fixups():
-    """Bool Where -> logic ops, constant tensors -> a scalar expanded, both run in onnxruntime."""
+    """Bool Where -> logic ops, constant tensors -> a scalar expanded, unused initializers
+    dropped; the result runs in onnxruntime."""
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper, numpy_helper
@@ -282,13 +283,14 @@ def test_onnx_graph_fixups():
             helper.make_tensor_value_info("picked", TensorProto.BOOL, [4]),
             helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 128]),
         ],
-        initializer=[zeros],
+        initializer=[zeros, numpy_helper.from_array(np.ones(3, np.float32), "unused")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     bools = export._bool_values(onnx.shape_inference.infer_shapes(model).graph)
     assert export._bool_where_as_logic(model.graph, bools) == 1
     assert export._uniform_initializers_as_expand(model.graph) == 64 * 128 * 4
     assert not [t for t in model.graph.initializer if t.name == "zeros"]
+    assert export._drop_unused_initializers(model.graph) == 1
     onnx.checker.check_model(model)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     c, a, b = (np.array(v, bool) for v in ([1, 1, 0, 0], [1, 0, 1, 0], [0, 1, 1, 0]))
