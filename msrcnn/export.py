@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -427,4 +426,3 @@ if __name__ == "__main__":
 
     define_flags()
     app.run(main)
-    sys.exit(0)
