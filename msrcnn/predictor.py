@@ -85,30 +85,74 @@ def resize_bilinear(image, out_hw: tuple[int, int]):
     return jnp.einsum("pw,owc->opc", wx, rows, precision=hp)
 
 
-def preprocess(image: np.ndarray, data_config) -> tuple[np.ndarray, tuple[int, int]]:
-    """uint8 RGB [H, W, 3] -> (normalised, padded [1, Hp, Wp, 3] float32, resized (h, w))."""
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
-    h, w = image.shape[:2]
+def _divide(x, value, xp):
+    """x / value (float32, `value` broadcast to x) as a true division under jit too.
+
+    XLA rewrites a division by a broadcast value (a constant, or a per-channel vector) into
+    a multiplication by its rounded reciprocal, which differs from numpy's (and ONNX's)
+    division in the last bit. A divisor of x's full shape, behind an optimization barrier,
+    stays a division.
+    """
+    value = np.asarray(value, np.float32)
+    if xp is np:
+        return x / value
+    return x / jax.lax.optimization_barrier(jnp.broadcast_to(value, x.shape))
+
+
+def preprocess_images(images, data_config):
+    """uint8 RGB [N, H, W, 3] -> (normalised, padded [N, Hp, Wp, 3] float32, resized (h, w)).
+
+    Every image of the batch has the same size, hence one scale. A numpy batch is processed
+    with numpy (the resize jitted), as `preprocess` does for `Predictor`; a jax array or a
+    tracer with jnp, so that the same steps trace into an exported model (`msrcnn.export`),
+    with the same float32 values (see `_divide`).
+    """
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected RGB images [N, H, W, 3], got shape {images.shape}")
+    xp = np if isinstance(images, np.ndarray) else jnp
+    h, w = images.shape[1:3]
     scale = resize_scale((h, w), data_config.min_size, data_config.max_size)
     out_hw = resized_hw((h, w), scale)
-    x = image.astype(np.float32) / 255.0
+    x = _divide(images.astype(np.float32), 255.0, xp)
     if out_hw != (h, w):
-        x = np.asarray(resize_bilinear(jnp.asarray(x), out_hw))
-    x = (x - np.asarray(data_config.pixel_mean, np.float32)) / np.asarray(
-        data_config.pixel_std, np.float32
-    )
+        x = xp.asarray(jax.vmap(functools.partial(resize_bilinear, out_hw=out_hw))(x))
+    x = _divide(x - np.asarray(data_config.pixel_mean, np.float32), data_config.pixel_std, xp)
     div = data_config.size_divisibility
-    padded = (-(-out_hw[0] // div) * div, -(-out_hw[1] // div) * div)
-    batch = np.zeros((1, *padded, 3), np.float32)
-    batch[0, : out_hw[0], : out_hw[1]] = x
-    return batch, out_hw
+    pad_h, pad_w = (-(-size // div) * div - size for size in out_hw)
+    return xp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0))), out_hw
+
+
+def preprocess(image: np.ndarray, data_config) -> tuple[np.ndarray, tuple[int, int]]:
+    """uint8 RGB [H, W, 3] -> (normalised, padded [1, Hp, Wp, 3] float32, resized (h, w))."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
+    return preprocess_images(image[None], data_config)
 
 
 @functools.partial(jax.jit, static_argnames=("image_hw", "threshold"))
 def paste_masks(mask_probs, boxes, image_hw, threshold):
     """Jitted `paste_masks_in_image` -> bool [N, H, W]; one compilation per (H, W)."""
     return mask_ops.paste_masks_in_image(mask_probs, boxes, image_hw, threshold=threshold)
+
+
+def scale_boxes(boxes, image_hw: Sequence[int], orig_hw: Sequence[int]):
+    """Boxes [..., 4] xyxy in resized-image pixels -> original pixels (numpy or jnp).
+
+    x scales by the widths' ratio, y by the heights'; float32 throughout.
+    """
+    ih, iw = (float(s) for s in image_hw)
+    oh, ow = (int(s) for s in orig_hw)
+    ratio = np.array([ow / iw, oh / ih, ow / iw, oh / ih], np.float32)
+    return boxes.astype(np.float32) * ratio
+
+
+def category_labels(classes, category_ids: Sequence[int]):
+    """Model classes 1..K -> dataset category ids; class 0 (padding) -> 0 (numpy or jnp)."""
+    table = np.concatenate([[0], np.asarray(category_ids, np.int64)])
+    if isinstance(classes, np.ndarray):
+        return table[classes]
+    return jnp.asarray(table.astype(np.int32))[classes]
 
 
 def outputs_to_detections(
@@ -146,27 +190,30 @@ def outputs_to_detections(
     """
     outputs = {key: np.asarray(value) for key, value in outputs.items()}
     valid = outputs["valid"].astype(bool)
-    ih, iw = (float(s) for s in image_hw)
     oh, ow = (int(s) for s in orig_hw)
-    ratio = np.array([ow / iw, oh / ih, ow / iw, oh / ih], np.float32)
-    boxes = outputs["boxes"].astype(np.float32) * ratio
+    boxes = scale_boxes(outputs["boxes"], image_hw, orig_hw)
     canvas = tuple(-(-size // paste_multiple) * paste_multiple for size in (oh, ow))
     masks = paste_masks(
         outputs["mask_probs"], boxes, image_hw=canvas, threshold=float(mask_threshold)
     )
     masks = np.asarray(masks)[:, :oh, :ow]
     classes = outputs["labels"][valid].astype(np.int64)
-    category_ids = np.asarray(category_ids, np.int64)
     if classes.size and (classes.min() < 1 or classes.max() > len(category_ids)):
         raise ValueError(f"classes must lie in 1..{len(category_ids)}, got {np.unique(classes)}")
     return Detections(
         boxes=boxes[valid],
-        labels=category_ids[classes - 1],
+        labels=category_labels(classes, category_ids),
         scores=outputs["scores"][valid].astype(np.float32),
         mask_scores=outputs["mask_scores"][valid].astype(np.float32),
         masks=masks[valid],
         classes=classes,
     )
+
+
+def category_ids_of(config: ml_collections.ConfigDict) -> np.ndarray:
+    """The dataset category id of each model class 1..K (the model's own ids if unset)."""
+    ids = list(config.data.category_ids)
+    return np.asarray(ids if ids else range(1, config.model.num_classes + 1))
 
 
 class Predictor:
@@ -181,8 +228,7 @@ class Predictor:
         self.model = config_lib.build_model(config)
         self.variables = variables
         self._detect = make_detect_fn(self.model, config_lib.inference_config(config))
-        ids = list(config.data.category_ids)
-        self.category_ids = np.asarray(ids if ids else range(1, config.model.num_classes + 1))
+        self.category_ids = category_ids_of(config)
 
     @classmethod
     def from_checkpoint(cls, directory: str, step: int | None = None) -> Predictor:

@@ -164,6 +164,52 @@ SCENARIOS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
             R50_SMALL,
         ),
     ],
+    # Needs the export extra (jax2onnx, onnxruntime, tensorflow): skipped where it is missing.
+    "export": [
+        ("python -m msrcnn.train --config=experiments/tiny.py --workdir=/tmp/msrcnn_tiny", ()),
+        (
+            "python -m msrcnn.export --workdir=/tmp/msrcnn_tiny --format=onnx "
+            "--output=/tmp/msrcnn_tiny.onnx",
+            (),
+        ),
+        (
+            "python -m msrcnn.export --workdir=/tmp/msrcnn_tiny --format=stablehlo "
+            "--output=/tmp/msrcnn_tiny.stablehlo",
+            (),
+        ),
+        (
+            "python -m msrcnn.export --workdir=/tmp/msrcnn_tiny --format=saved_model "
+            "--output=/tmp/msrcnn_tiny_saved_model",
+            (),
+        ),
+        (
+            "python -m benchmarks.deploy --workdir=/tmp/msrcnn_tiny --onnx=/tmp/msrcnn_tiny.onnx "
+            "--stablehlo=/tmp/msrcnn_tiny.stablehlo --saved_model=/tmp/msrcnn_tiny_saved_model "
+            "--images=4 --runs=20",
+            ("--images=1", "--runs=1"),
+        ),
+        ("python -m benchmarks.tflite_stages --workdir=/tmp/msrcnn_tiny --image_size=96x96", ()),
+        (
+            "python -m msrcnn.convert --from=torchvision "
+            "--checkpoint=maskrcnn_resnet50_fpn_coco.pth --output=/tmp/maskrcnn_coco",
+            (),
+        ),
+        (
+            "python -m msrcnn.export --checkpoint=/tmp/maskrcnn_coco --format=onnx "
+            "--output=/tmp/maskrcnn_800.onnx --image_size=800x800",
+            (),
+        ),
+        (
+            "python -m msrcnn.export --checkpoint=/tmp/maskrcnn_coco --format=stablehlo "
+            "--output=/tmp/maskrcnn_800.stablehlo --image_size=800x800",
+            (),
+        ),
+        (
+            "python -m benchmarks.deploy --checkpoint=/tmp/maskrcnn_coco "
+            "--onnx=/tmp/maskrcnn_800.onnx --stablehlo=/tmp/maskrcnn_800.stablehlo --runs=3",
+            ("--images=1", "--runs=1"),
+        ),
+    ],
     "benchmarks": [
         ("python -m benchmarks.run", RUN_SMALL),
         ("/tmp/tv/bin/python -m benchmarks.run", RUN_SMALL),
@@ -203,7 +249,12 @@ CI_STEPS = {
 }
 # `pip install -e .` (the main command's install) and the extras: the package metadata is
 # checked here; CI installs the package with the test extra, which holds the video packages.
-INSTALL_STEPS = {"pip install -e .", 'pip install -e ".[video]"', 'pip install -e ".[convert]"'}
+INSTALL_STEPS = {
+    "pip install -e .",
+    'pip install -e ".[video]"',
+    'pip install -e ".[convert]"',
+    'pip install -e ".[export]"',
+}
 SLOW_FILES = {
     "pytest -m slow tests/test_disk_full.py": "tests/test_disk_full.py",
     "pytest -m slow tests/test_multihost.py": "tests/test_multihost.py",
@@ -387,11 +438,17 @@ def _prepare_balloon(root: pathlib.Path) -> None:
         (folder / "via_region_data.json").write_text(json.dumps(entries))
 
 
+def _prepare_export(root: pathlib.Path) -> None:
+    """The torchvision COCO state dict (seeded weights) for maskrcnn_resnet50_fpn_coco.pth."""
+    np.savez(root / "work" / "maskrcnn_resnet50_fpn_coco.npz", **seeded_weights.state_dict())
+
+
 PREPARE = {
     "shapes": _prepare_shapes,
     "coco": _prepare_coco,
     "torchvision_model": _prepare_torchvision_model,
     "balloon": _prepare_balloon,
+    "export": _prepare_export,
 }
 
 
@@ -406,6 +463,9 @@ def test_benchmark_command(index, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario", sorted(set(SCENARIOS) - {"benchmarks"}))
 def test_scenario(scenario, tmp_path):
+    if scenario == "export":
+        for module in ("jax2onnx", "onnxruntime", "tensorflow"):
+            pytest.importorskip(module, reason='the export extra: pip install -e ".[export]"')
     root = _root(tmp_path)
     PREPARE[scenario](root)
     for text, settings in SCENARIOS[scenario]:
@@ -413,6 +473,9 @@ def test_scenario(scenario, tmp_path):
     if scenario == "shapes":
         assert (root / "tmp" / "predictions" / "a_splash.png").exists()
         assert (root / "tmp" / "inspect").is_dir()
+    if scenario == "export":
+        assert (root / "tmp" / "msrcnn_tiny_saved_model" / "saved_model.pb").exists()
+        assert (root / "tmp" / "maskrcnn_800.onnx").stat().st_size > 100e6
     if scenario == "torchvision_model":
         assert list((root / "tmp" / "predictions").glob("*.mp4"))
 
