@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import pathlib
 import re
+import shlex
+import subprocess
+import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MARKDOWN = ("README.md", "benchmarks/README.md")
@@ -122,3 +126,52 @@ def documented_steps() -> list[Step]:
     for path in sorted((REPO / EXPERIMENTS).glob("*.py")):
         steps += _docstring_steps(path)
     return steps
+
+
+# ---- running a step -------------------------------------------------------------------------
+
+
+def with_settings(argv: list[str], settings: tuple[str, ...]) -> list[str]:
+    """argv with each `--flag=value` of settings in place of the same flag's documented value
+    (config_flags accumulates a repeated tuple flag, so it must be replaced, not repeated)."""
+    argv = list(argv)
+    for setting in settings:
+        name = setting.split("=", 1)[0] + "="
+        where = [i for i, arg in enumerate(argv) if arg.startswith(name)]
+        if where:
+            argv[where[0]] = setting
+        else:
+            argv.append(setting)
+    return argv
+
+
+def moved(arg: str, root: pathlib.Path) -> str:
+    """Documented absolute paths (/tmp, /data, /runs) moved under root; a .pth by its .npz."""
+    arg = re.sub(r"(?<![\w./])/(tmp|data|runs)/", lambda m: f"{root}/{m.group(1)}/", arg)
+    return re.sub(r"\.pth$", ".npz", arg)
+
+
+def run_documented(text: str, settings: tuple[str, ...], root: pathlib.Path, timeout: int = 1500):
+    argv = shlex.split(text)
+    if argv[0] in ("python", "python3", "/tmp/tv/bin/python"):
+        argv[0] = sys.executable
+    argv = with_settings([argv[0]] + [moved(a, root) for a in argv[1:]], settings)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["HOME"] = str(root / "home")  # no dataset or cache from earlier runs
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"  # half the compile time, same semantics
+    out = subprocess.run(
+        argv, cwd=root / "work", env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert out.returncode == 0, (
+        f"{text}\nran as {shlex.join(argv)}\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    )
+    return out
+
+
+def make_root(tmp_path: pathlib.Path) -> pathlib.Path:
+    for name in ("work", "home", "tmp", "data", "runs"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "work" / "experiments").symlink_to(REPO / "experiments")
+    return tmp_path

@@ -21,20 +21,17 @@ a scenario step no document shows any more fails it too.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
-import shlex
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from tests import seeded_weights
-from tests.documented_commands import REPO, documented_steps
+from tests.documented_commands import REPO, documented_steps, make_root, run_documented
 
 SHAPES_SMALL = (
     "--config.data.shapes.num_train=16",
@@ -315,52 +312,6 @@ def test_slow_files_run_in_the_ci_slow_step(step):
 # ---- running the steps ---------------------------------------------------------------------
 
 
-def _with_settings(argv: list[str], settings: tuple[str, ...]) -> list[str]:
-    """argv with each `--flag=value` of settings in place of the same flag's documented value
-    (config_flags accumulates a repeated tuple flag, so it must be replaced, not repeated)."""
-    argv = list(argv)
-    for setting in settings:
-        name = setting.split("=", 1)[0] + "="
-        where = [i for i, arg in enumerate(argv) if arg.startswith(name)]
-        if where:
-            argv[where[0]] = setting
-        else:
-            argv.append(setting)
-    return argv
-
-
-def _moved(arg: str, root: pathlib.Path) -> str:
-    """Documented absolute paths (/tmp, /data, /runs) moved under root; a .pth by its .npz."""
-    arg = re.sub(r"(?<![\w./])/(tmp|data|runs)/", lambda m: f"{root}/{m.group(1)}/", arg)
-    return re.sub(r"\.pth$", ".npz", arg)
-
-
-def _run(text: str, settings: tuple[str, ...], root: pathlib.Path, timeout: int = 1500):
-    argv = shlex.split(text)
-    if argv[0] in ("python", "python3", "/tmp/tv/bin/python"):
-        argv[0] = sys.executable
-    argv = _with_settings([argv[0]] + [_moved(a, root) for a in argv[1:]], settings)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["HOME"] = str(root / "home")  # no dataset or cache from earlier runs
-    env.setdefault("JAX_PLATFORMS", "cpu")
-    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"  # half the compile time, same semantics
-    out = subprocess.run(
-        argv, cwd=root / "work", env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert out.returncode == 0, (
-        f"{text}\nran as {shlex.join(argv)}\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
-    )
-    return out
-
-
-def _root(tmp_path: pathlib.Path) -> pathlib.Path:
-    for name in ("work", "home", "tmp", "data", "runs"):
-        (tmp_path / name).mkdir()
-    (tmp_path / "work" / "experiments").symlink_to(REPO / "experiments")
-    return tmp_path
-
-
 def _photo(path: pathlib.Path, seed: int, hw=(96, 128)) -> None:
     pixels = np.random.default_rng(seed).integers(0, 256, (*hw, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path)
@@ -453,23 +404,15 @@ PREPARE = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", range(len(SCENARIOS["benchmarks"])))
-def test_benchmark_command(index, tmp_path):
-    """The benchmark commands need nothing prepared and nothing from each other."""
-    text, settings = SCENARIOS["benchmarks"][index]
-    _run(text, settings, _root(tmp_path))
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("scenario", sorted(set(SCENARIOS) - {"benchmarks"}))
 def test_scenario(scenario, tmp_path):
     if scenario == "export":
         for module in ("jax2onnx", "onnxruntime", "tensorflow"):
             pytest.importorskip(module, reason='the export extra: pip install -e ".[export]"')
-    root = _root(tmp_path)
+    root = make_root(tmp_path)
     PREPARE[scenario](root)
     for text, settings in SCENARIOS[scenario]:
-        _run(text, settings, root)
+        run_documented(text, settings, root)
     if scenario == "shapes":
         assert (root / "tmp" / "predictions" / "a_splash.png").exists()
         assert (root / "tmp" / "inspect").is_dir()
