@@ -24,7 +24,7 @@ import re
 import sys
 import textwrap
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections.config_flags import config_flags
 
 from msrcnn.errors import UserInputError
@@ -38,6 +38,10 @@ def run(main) -> None:
     as its message alone, exit status 1: it is the user's to fix, not a bug to trace."""
 
     def main_without_user_tracebacks(argv):
+        if not flags.FLAGS["verbosity"].present:
+            # Library INFO logs (orbax's every save, converters' progress) are not for users;
+            # --verbosity=0 brings them back.
+            logging.set_verbosity(logging.WARNING)
         try:
             return main(argv)
         except UserInputError as error:

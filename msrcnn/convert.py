@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import flags, logging
+from absl import flags
 
 from msrcnn import checkpointing, cli, config_lib
 from msrcnn.errors import MissingInputError, UserInputError
@@ -615,8 +615,6 @@ flags.DEFINE_float("bn_eps", None, "BatchNorm eps to fold with (default: torchvi
 
 def main(argv):
     del argv
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
     report = convert_checkpoint(
         FLAGS.checkpoint,
         FLAGS.output,

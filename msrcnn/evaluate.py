@@ -10,7 +10,7 @@ import os
 
 import jax
 import numpy as np
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from msrcnn import checkpointing, cli, config_lib
@@ -28,8 +28,6 @@ def main(argv) -> None:
     from msrcnn.data import datasets  # data builders only when evaluating for real
 
     config = _CONFIG.value
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
     ckpt_dir = os.path.join(_WORKDIR.value, "checkpoints")
     variables, stored = checkpointing.load_variables(ckpt_dir, _STEP.value)
     if config_lib.model_identity(stored) != config_lib.model_identity(config):

@@ -422,7 +422,7 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from msrcnn import cli
 
     define_flags()
-    app.run(main)
+    cli.run(main)

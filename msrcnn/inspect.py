@@ -29,7 +29,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from msrcnn import cli, config_lib, visualize
@@ -328,8 +328,6 @@ def inspect_weights(predictor, output_dir: str) -> list[str]:
 def main(argv) -> None:
     if len(argv) != 2 or argv[1] not in ("data", "pipeline", "weights"):
         raise app.UsageError("usage: python -m msrcnn.inspect {data|pipeline|weights} --flags")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
     if not FLAGS.output_dir:
         raise app.UsageError("--output_dir is required")
     os.makedirs(FLAGS.output_dir, exist_ok=True)

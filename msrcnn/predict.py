@@ -206,8 +206,6 @@ def predict_video(predictor, path, out_dir, threshold, splash) -> dict:
 
 def main(argv) -> None:
     del argv
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
     if not FLAGS.output_dir or bool(FLAGS.input) == bool(FLAGS.video):
         raise app.UsageError("need --output_dir and exactly one of --input and --video")
     predictor = load_predictor(FLAGS.workdir, FLAGS.checkpoint)
