@@ -9,9 +9,8 @@ narrow ResNet-18-FPN with GroupNorm from scratch for 2400 steps of 8 images (Ada
 64 RoIs per image for the box head, 6 of the positives for the mask and MaskIoU heads), then
 evaluates and prints bbox AP and segm AP ranked by class score (plain) and by mask score.
 
-Measured 2026-11-21 on a 2-core CPU from a fresh clone (commit e1db1b5): `pip install -e .`
-45 s, then 7 min 58 s for the command (dataset build, training, evaluation), peak RSS 1.6 GB:
-bbox AP 52.2, segm AP 51.4 ranked by class score, 52.6 ranked by mask score.
+Measured figures, the time they take and what varies between machines: README.md, "Quick
+start".
 
 Variants: `:plain` trains plain Mask R-CNN (no MaskIoU head) as the separately trained
 baseline.
