@@ -172,7 +172,7 @@ def losses_and_grads():
     return results
 
 
-@pytest.mark.slow  # two full train steps compiled with optimisations: CI's slow step
+@pytest.mark.slow  # two train-step gradients compiled (one per implementation): slow step
 def test_same_losses_and_gradients_with_either_impl(losses_and_grads):
     # Forward convolutions are the same XLA op either way: the losses (and every discrete
     # choice: proposals, samples, buckets) agree. The gradients differ only in float
