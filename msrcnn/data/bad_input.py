@@ -92,6 +92,15 @@ class BadInputPolicy:
         return dict(sorted(self.counts.items()))
 
 
+def repeats(pairs) -> dict:
+    """{key: [values]} of the keys that more than one (key, value) pair has, in first-seen
+    order: what the readers check for repeated ids, files and keys."""
+    groups: dict = collections.defaultdict(list)
+    for key, value in pairs:
+        groups[key].append(value)
+    return {key: values for key, values in groups.items() if len(values) > 1}
+
+
 def check_class_names(class_names, path: str) -> None:
     """Raises `BadInputError` when `class_names` repeats a name: two labels for one class
     (the reader would silently give every object the last of them)."""

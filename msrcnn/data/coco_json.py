@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 
 from msrcnn.data.annotations import ImageAnnotation, ObjectAnnotation
-from msrcnn.data.bad_input import BadInputError, BadInputPolicy, check_class_names
+from msrcnn.data.bad_input import BadInputError, BadInputPolicy, check_class_names, repeats
 
 
 class RepeatedKeys(dict):
@@ -264,35 +264,32 @@ def _repeated_images(
       {image id: why it is left out}.
     """
     left_out: dict[int, str] = {}
-    files: dict[int, list[str]] = collections.defaultdict(list)
-    for image_id, file_name, _ in entries:
-        files[image_id].append(file_name)
-    for image_id, names in files.items():
-        if len(names) > 1:
-            policy.problem(
-                "repeated image id",
-                f"image id {image_id} is used by {len(names)} entries of 'images' in {json_path} "
-                f"(file_name {', '.join(repr(n) for n in names)}); each image needs its own id: "
-                "remove the duplicate entry, or give the other image a new id (and its "
-                "annotations that image_id)",
-                count=len(names),
-            )
-            left_out[image_id] = f"image id {image_id} is repeated in 'images'"
-    ids_of: dict[str, list[int]] = collections.defaultdict(list)
-    for image_id, file_name, _ in entries:
-        if image_id not in left_out:
-            ids_of[os.path.normpath(os.path.join(image_dir, file_name))].append(image_id)
-    for path, image_ids in ids_of.items():
-        if len(image_ids) > 1:
-            policy.problem(
-                "image file listed by more than one image id",
-                f"{path} is the file of image ids {image_ids} in {json_path}; each image belongs "
-                "in 'images' once: remove the duplicate entries and give their annotations the "
-                "id of the one kept",
-                count=len(image_ids),
-            )
-            for image_id in image_ids:
-                left_out[image_id] = f"its file {path} is listed by image ids {image_ids}"
+    repeated_ids = repeats((image_id, file_name) for image_id, file_name, _ in entries)
+    for image_id, names in repeated_ids.items():
+        policy.problem(
+            "repeated image id",
+            f"image id {image_id} is used by {len(names)} entries of 'images' in {json_path} "
+            f"(file_name {', '.join(repr(n) for n in names)}); each image needs its own id: "
+            "remove the duplicate entry, or give the other image a new id (and its "
+            "annotations that image_id)",
+            count=len(names),
+        )
+        left_out[image_id] = f"image id {image_id} is repeated in 'images'"
+    shared_files = repeats(
+        (os.path.normpath(os.path.join(image_dir, file_name)), image_id)
+        for image_id, file_name, _ in entries
+        if image_id not in left_out
+    )
+    for path, image_ids in shared_files.items():
+        policy.problem(
+            "image file listed by more than one image id",
+            f"{path} is the file of image ids {image_ids} in {json_path}; each image belongs "
+            "in 'images' once: remove the duplicate entries and give their annotations the "
+            "id of the one kept",
+            count=len(image_ids),
+        )
+        for image_id in image_ids:
+            left_out[image_id] = f"its file {path} is listed by image ids {image_ids}"
     return left_out
 
 
@@ -302,19 +299,19 @@ def _repeated_annotation_ids(annotations: list, json_path: str, policy: BadInput
     When the policy skips, every annotation with such an id is left out (counted per
     annotation): nothing says which is right, and records trace objects by their id.
     """
-    image_ids: dict[str, list] = collections.defaultdict(list)
-    for ann in annotations:
-        if isinstance(ann, dict) and "id" in ann:
-            image_ids[str(ann["id"])].append(ann.get("image_id"))
+    repeated_ids = repeats(
+        (str(ann["id"]), ann.get("image_id"))
+        for ann in annotations
+        if isinstance(ann, dict) and "id" in ann
+    )
     repeated = set()
-    for ann_id, on in image_ids.items():
-        if len(on) > 1:
-            policy.problem(
-                "repeated annotation id",
-                f"annotation id {ann_id} is used by {len(on)} annotations in {json_path} (of "
-                f"image ids {on}); annotation ids must be unique: remove the duplicate "
-                "annotation or give the other one a new id",
-                count=len(on),
-            )
-            repeated.add(ann_id)
+    for ann_id, on in repeated_ids.items():
+        policy.problem(
+            "repeated annotation id",
+            f"annotation id {ann_id} is used by {len(on)} annotations in {json_path} (of "
+            f"image ids {on}); annotation ids must be unique: remove the duplicate "
+            "annotation or give the other one a new id",
+            count=len(on),
+        )
+        repeated.add(ann_id)
     return repeated

@@ -17,14 +17,13 @@ appearance.
 
 from __future__ import annotations
 
-import collections
 import csv
 import os
 
 import numpy as np
 
 from msrcnn.data.annotations import ImageAnnotation, MaskFile, ObjectAnnotation
-from msrcnn.data.bad_input import BadInputError, BadInputPolicy, check_class_names
+from msrcnn.data.bad_input import BadInputError, BadInputPolicy, check_class_names, repeats
 
 _REQUIRED = ("MaskPath", "ImageID", "LabelName")
 _BOX = ("BoxXMin", "BoxYMin", "BoxXMax", "BoxYMax")
@@ -49,19 +48,19 @@ def _repeated_masks(
     which row is right, so (when the policy skips) every row of such a mask is left out,
     counted per row.
     """
-    lines: dict[str, list[int]] = collections.defaultdict(list)
-    for line, row in enumerate(rows, start=2):
-        lines[os.path.normpath(os.path.join(mask_dir, row["MaskPath"] or ""))].append(line)
+    lines = repeats(
+        (os.path.normpath(os.path.join(mask_dir, row["MaskPath"] or "")), line)
+        for line, row in enumerate(rows, start=2)
+    )
     repeated: set[int] = set()
     for same in lines.values():
-        if len(same) > 1:
-            policy.problem(
-                "repeated MaskPath",
-                f"MaskPath {rows[same[0] - 2]['MaskPath']!r} is in rows {same} of {csv_path}; "
-                "a mask file is one instance: remove the duplicate rows",
-                count=len(same),
-            )
-            repeated.update(same)
+        policy.problem(
+            "repeated MaskPath",
+            f"MaskPath {rows[same[0] - 2]['MaskPath']!r} is in rows {same} of {csv_path}; "
+            "a mask file is one instance: remove the duplicate rows",
+            count=len(same),
+        )
+        repeated.update(same)
     return repeated
 
 

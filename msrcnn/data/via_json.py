@@ -27,14 +27,13 @@ filename that more than one entry has are problems: when skipping, every such en
 
 from __future__ import annotations
 
-import collections
 import math
 import os
 
 import numpy as np
 
 from msrcnn.data.annotations import ImageAnnotation, ObjectAnnotation
-from msrcnn.data.bad_input import BadInputError, BadInputPolicy, check_class_names
+from msrcnn.data.bad_input import BadInputError, BadInputPolicy, check_class_names, repeats
 from msrcnn.data.coco_json import RepeatedKeys, load_json
 
 _ELLIPSE_VERTICES = 64
@@ -91,35 +90,31 @@ def _repeated_entries(
     regions. Nothing says which entry is right, so (when the policy skips) all of them are left
     out, counted per entry.
     """
-    places: dict[str, list[int]] = collections.defaultdict(list)
-    for index, (key, _) in enumerate(pairs):
-        places[key].append(index)
+    places = repeats((key, index) for index, (key, _) in enumerate(pairs))
     left_out: set[int] = set()
     for key, indices in places.items():
-        if len(indices) > 1:
-            policy.problem(
-                "repeated VIA entry key",
-                f"entry key {key!r} appears {len(indices)} times in {json_path}; VIA has one "
-                "entry per image: merge their regions into one entry and remove the others",
-                count=len(indices),
-            )
-            left_out.update(indices)
-    by_file: dict[str, list[int]] = collections.defaultdict(list)
-    for index, (_, entry) in enumerate(pairs):
-        if index not in left_out:
-            path = os.path.normpath(os.path.join(image_dir, str(entry["filename"])))
-            by_file[path].append(index)
+        policy.problem(
+            "repeated VIA entry key",
+            f"entry key {key!r} appears {len(indices)} times in {json_path}; VIA has one "
+            "entry per image: merge their regions into one entry and remove the others",
+            count=len(indices),
+        )
+        left_out.update(indices)
+    by_file = repeats(
+        (os.path.normpath(os.path.join(image_dir, str(entry["filename"]))), index)
+        for index, (_, entry) in enumerate(pairs)
+        if index not in left_out
+    )
     for indices in by_file.values():
-        if len(indices) > 1:
-            keys = ", ".join(repr(pairs[i][0]) for i in indices)
-            policy.problem(
-                "VIA image file listed by more than one entry",
-                f"{pairs[indices[0]][1]['filename']} is the file of {len(indices)} entries "
-                f"(keys {keys}) in {json_path}; VIA has one entry per image: merge their "
-                "regions into one entry and remove the others",
-                count=len(indices),
-            )
-            left_out.update(indices)
+        keys = ", ".join(repr(pairs[i][0]) for i in indices)
+        policy.problem(
+            "VIA image file listed by more than one entry",
+            f"{pairs[indices[0]][1]['filename']} is the file of {len(indices)} entries "
+            f"(keys {keys}) in {json_path}; VIA has one entry per image: merge their "
+            "regions into one entry and remove the others",
+            count=len(indices),
+        )
+        left_out.update(indices)
     return left_out
 
 
