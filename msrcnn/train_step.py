@@ -39,7 +39,7 @@ def normalize_images(images_uint8, image_hw, mean, std):
     return jnp.where(inside[..., None], x, 0.0)
 
 
-def compute_losses(
+def training_loss(
     model: MaskScoringRCNN,
     config: ml_collections.ConfigDict,
     params,
@@ -206,7 +206,7 @@ def train_step(
         # input gradients of the frozen convs, no affine-gradient reductions. Their gradients
         # are zeros, which the optimizer discards anyway (optim.make_optimizer).
         params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
-        return compute_losses(model, config, params, *args)
+        return training_loss(model, config, params, *args)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (total, (named, new_batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch, key)

@@ -124,7 +124,7 @@ def test_train_step_program_uses_xla_cpu_conv_only_with_cpu_matmul(conv_impl):
     batch, key = _batch(), jax.random.key(5)
     # The loss as the train step differentiates it: the conv op's custom VJP (a call whose
     # body is one convolution) appears only with "cpu_matmul".
-    loss_jaxpr = jax.make_jaxpr(functools.partial(train_step.compute_losses, model, config))(
+    loss_jaxpr = jax.make_jaxpr(functools.partial(train_step.training_loss, model, config))(
         params, {}, batch, key
     )
     conv_vjps = [
@@ -164,7 +164,7 @@ def losses_and_grads():
         config, model, params = _setup(conv_impl)
         fn = jax.jit(
             jax.value_and_grad(
-                functools.partial(train_step.compute_losses, model, config), has_aux=True
+                functools.partial(train_step.training_loss, model, config), has_aux=True
             )
         )
         (_, (named, _)), grads = fn(params, {}, _batch(), jax.random.key(5))

@@ -56,7 +56,7 @@ def losses_and_grads():
         chosen = []
         fn = jax.jit(
             jax.value_and_grad(
-                functools.partial(train_step.compute_losses, model, config), has_aux=True
+                functools.partial(train_step.training_loss, model, config), has_aux=True
             )
         )
         original = slot_buckets._bucket_index
