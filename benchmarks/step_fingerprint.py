@@ -96,6 +96,14 @@ def compare(before: dict, after: dict) -> list[str]:
     return lines
 
 
+def _of_case(record: dict, case: str) -> dict:
+    return {k.split("|", 1)[1]: v for k, v in record.items() if k.startswith(case + "|")}
+
+
+def _of_case(record: dict, case: str) -> dict:
+    return {k.split("|", 1)[1]: v for k, v in record.items() if k.startswith(case + "|")}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES))
@@ -111,11 +119,8 @@ def main(argv=None) -> None:
     if args.compare:
         saved = dict(np.load(args.compare))
         for case in args.cases.split(","):
-            pick = lambda d: {
-                k.split("|", 1)[1]: v for k, v in d.items() if k.startswith(case + "|")
-            }
             print(case)
-            print("\n".join(compare(pick(saved), pick(record))))
+            print("\n".join(compare(_of_case(saved, case), _of_case(record, case))))
 
 
 if __name__ == "__main__":
