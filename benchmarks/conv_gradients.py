@@ -79,12 +79,13 @@ def pyramid_convs(height: int, width: int) -> list[tuple[ConvShape, int]]:
     from flax import traverse_util
 
     from benchmarks.train_step import msrcnn_config
-    from msrcnn import config_lib, optim
+    from msrcnn import optim
+    from msrcnn.models.build import build_model
     from msrcnn.models.layers import Conv
     from msrcnn.models.ms_rcnn import MaskScoringRCNN
 
     config = msrcnn_config(height, width, 1, "float32", False)
-    model = config_lib.build_model(config)
+    model = build_model(config)
     images = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
     variables = jax.eval_shape(
         lambda x: model.init(jax.random.key(0), x, False, method=MaskScoringRCNN.pyramid), images

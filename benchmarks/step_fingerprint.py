@@ -27,13 +27,14 @@ def case_inputs(case: str):
 
     from benchmarks import train_step as bench
     from experiments import tiny
-    from msrcnn import config_lib, convert
+    from msrcnn import convert
+    from msrcnn.models.build import build_model
     from tests import seeded_weights
 
     name, _, variant = case.partition(":")
     if name == "tiny":
         config = tiny.get_config(variant)
-        model = config_lib.build_model(config)
+        model = build_model(config)
         h, w = config.data.image_hw
         images = jax.numpy.zeros((1, h, w, 3), jax.numpy.float32)
         variables = model.init(jax.random.key(0), images)
@@ -54,11 +55,12 @@ def fingerprint(case: str) -> dict[str, np.ndarray]:
     """Named losses ('loss/NAME') and gradients ('grad/PATH') of one case."""
     import jax
 
-    from msrcnn import config_lib, optim
+    from msrcnn import detector as detector_lib
+    from msrcnn import optim
     from msrcnn import train_step as train_step_lib
 
     config, variables, batch = case_inputs(case)
-    model = config_lib.build_model(config)
+    detector = detector_lib.from_config(config)
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     frozen = optim.frozen_mask(params, config)
@@ -66,7 +68,7 @@ def fingerprint(case: str) -> dict[str, np.ndarray]:
 
     def loss_fn(params):
         params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
-        return train_step_lib.training_loss(model, config, params, batch_stats, batch, key)
+        return train_step_lib.training_loss(detector, config, params, batch_stats, batch, key)
 
     (total, (named, _)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
     out = {"loss/total": np.asarray(total)}

@@ -28,16 +28,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.inference import test_image
-from msrcnn import config_lib, export, inference
+from msrcnn import detector as detector_lib
+from msrcnn import export
 from msrcnn import predictor as predictor_lib
 from msrcnn.models.ms_rcnn import MaskScoringRCNN
+from msrcnn.ops.select import select_class
 from msrcnn.predict import load_predictor
 
 
 def stages(config, variables, image):
     """[(name, fn(variables, *inputs) -> tuple, inputs)] with inputs from the stage before."""
-    model = config_lib.build_model(config)
-    cfg = config_lib.inference_config(config)
+    detector = detector_lib.from_config(config)
+    model = detector.model
+    settings = detector_lib.inference_settings(config)
     hw = image.shape[:2]
     batch, resized = predictor_lib.preprocess_images(image[None], config.data)
     sizes = np.asarray([resized], np.float32)
@@ -59,12 +62,12 @@ def stages(config, variables, image):
         return (*logits, *deltas)
 
     def proposals(v, *levels):
-        return inference.rpn_proposals(model, v, as_dict(levels), sizes, cfg)
+        return detector.proposals(detector.rpn(v, as_dict(levels)), sizes, settings.proposals)
 
     boxes, _, valid = jax.jit(proposals)(variables, *levels)
 
     def roi_align(v, boxes, *levels):
-        return (inference.pool_rois(as_dict(levels), boxes, 7, cfg),)
+        return (detector.pool(as_dict(levels), boxes, detector_lib.BOX_POOL_SIZE),)
 
     (features,) = jax.jit(roi_align)(variables, boxes, *levels)
 
@@ -72,11 +75,11 @@ def stages(config, variables, image):
         logits, deltas = apply(v, features, method=MaskScoringRCNN.box)
         logits = logits.reshape(1, boxes.shape[1], -1)
         deltas = deltas.reshape(1, boxes.shape[1], -1, 4)
-        post = functools.partial(inference.postprocess_boxes, cfg=cfg)
+        post = functools.partial(detector_lib.postprocess_boxes, settings=settings.detections)
         return jax.vmap(post)(logits, deltas, boxes, valid, sizes)
 
     det_boxes, labels, _, _ = jax.jit(box_head)(variables, features, boxes, valid)
-    pool_masks = lambda b, *levels: inference.pool_rois(as_dict(levels), b, 14, cfg)
+    pool_masks = lambda b, *levels: detector.pool(as_dict(levels), b, detector_lib.MASK_POOL_SIZE)
     mask_features = jax.jit(pool_masks)(det_boxes, *levels)
 
     def mask_heads(v, mask_features, labels):
@@ -84,7 +87,7 @@ def stages(config, variables, image):
         logits = apply(v, mask_features, column + 1, method=MaskScoringRCNN.mask)
         probs = jax.nn.sigmoid(logits)
         maskiou = apply(v, mask_features, probs, method=MaskScoringRCNN.maskiou)
-        return probs, inference.select_class(maskiou, column)
+        return probs, select_class(maskiou, column)
 
     probs, _ = jax.jit(mask_heads)(variables, mask_features, labels)
     threshold = float(config.inference.mask_threshold)

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msrcnn import config_lib, optim, train_step
+from msrcnn import detector as detector_lib
+from msrcnn import optim, train_step
 from msrcnn.train_state import TrainState
 
 
@@ -51,7 +52,8 @@ def abstract_batch(config, batch: int, hw: tuple[int, int]) -> dict:
 
 
 def step_memory(config, batch: int, hw: tuple[int, int]) -> dict[str, float]:
-    model = config_lib.build_model(config)
+    detector = detector_lib.from_config(config)
+    model = detector.model
     params = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
     )
@@ -66,7 +68,7 @@ def step_memory(config, batch: int, hw: tuple[int, int]) -> dict[str, float]:
         params,
     )
     step = jax.jit(
-        functools.partial(train_step.train_step, model, config, optimizer), donate_argnums=(0,)
+        functools.partial(train_step.train_step, detector, config, optimizer), donate_argnums=(0,)
     )
     compiled = step.lower(state, abstract_batch(config, batch, hw)).compile()
     stats = compiled.memory_analysis()

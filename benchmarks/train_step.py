@@ -113,7 +113,8 @@ def time_msrcnn(args, height, width) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from msrcnn import config_lib, convert, optim
+    from msrcnn import convert, optim
+    from msrcnn import detector as detector_lib
     from msrcnn import train_step as train_step_lib
     from msrcnn.train_state import TrainState
 
@@ -122,7 +123,7 @@ def time_msrcnn(args, height, width) -> dict:
         key, value = item.split("=", 1)
         section, name = key.split(".")
         config[section][name] = type(config[section][name])(ast.literal_eval(value))
-    model = config_lib.build_model(config)
+    detector = detector_lib.from_config(config)
     variables, _ = convert.convert_torchvision_state_dict(seeded_weights.state_dict(), config)
     params = jax.device_put(variables["params"])
     optimizer = optim.make_optimizer(config, params)
@@ -131,7 +132,7 @@ def time_msrcnn(args, height, width) -> dict:
 
     def step(state, batch):
         traces.append(1)  # runs once per trace
-        return train_step_lib.train_step(model, config, optimizer, state, batch)
+        return train_step_lib.train_step(detector, config, optimizer, state, batch)
 
     step_fn = jax.jit(step, donate_argnums=(0,))
     t = config.train

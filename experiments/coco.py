@@ -69,7 +69,7 @@ def get_config(arg: str = ""):
     if arg == "runlocal":
         m.depth, m.width, m.fpn_channels, m.box_hidden, m.mask_convs = 18, 8, 32, 64, 2
         m.norm, m.freeze_at = "gn", 0
-        m.anchor_sizes = (8, 16, 32, 64, 128)
+        config.geometry.anchor_sizes = (8, 16, 32, 64, 128)
         m.num_classes = 4  # the generated tiny_coco folder has 4 categories
         m.dtype = "float32"
         d.image_hw, d.image_hw_buckets = (96, 96), ((96, 96),)

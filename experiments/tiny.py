@@ -16,7 +16,7 @@ def get_config(arg: str = ""):
     m.depth, m.width, m.fpn_channels, m.box_hidden, m.mask_convs = 18, 8, 32, 64, 2
     m.norm = "bn" if arg == "bn" else "gn"
     m.freeze_at = 0
-    m.anchor_sizes = (8, 16, 32, 64, 128)
+    config.geometry.anchor_sizes = (8, 16, 32, 64, 128)
     m.mask_scoring = arg != "plain"
 
     d = config.data

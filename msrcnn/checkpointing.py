@@ -68,7 +68,9 @@ def load_variables(directory: str, step: int | None = None):
                 variables=ocp.args.StandardRestore(target), config=ocp.args.JsonRestore()
             ),
         )
-    return restored["variables"], ml_collections.ConfigDict(restored["config"])
+    return restored["variables"], ml_collections.ConfigDict(
+        config_lib.upgrade_stored(restored["config"])
+    )
 
 
 def flat_names(tree) -> dict[str, object]:
@@ -218,7 +220,8 @@ def check_config_drift(stored: dict, config: ml_collections.ConfigDict, where: s
     def describe(keys):
         return ", ".join(f"{k}: checkpoint {old.get(k)!r} vs config {new.get(k)!r}" for k in keys)
 
-    model = [k for k in differing if k.startswith("model.")]
+    model_keys = ("model.", *(f"geometry.{k}" for k in config_lib.MODEL_GEOMETRY))
+    model = [k for k in differing if k.startswith(model_keys)]
     if model:
         raise ConfigError(
             f"{where} holds checkpoints of a different model ({describe(model)}); use a new "
@@ -326,7 +329,9 @@ class TrainCheckpointer:
             return None
         stored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         self.changed_settings = check_config_drift(
-            stored["config"], self.config, f"{self.manager.directory} (step {step})"
+            config_lib.upgrade_stored(stored["config"]),
+            self.config,
+            f"{self.manager.directory} (step {step})",
         )
         restored = self.manager.restore(
             step,

@@ -1,20 +1,17 @@
 """The base configuration shared by experiments/*.py, and builders that read it.
 
-A config is an `ml_collections.ConfigDict` with sections `model`, `inference` and `data`
-(training sections arrive with the trainer). Experiments start from `base_config()` and change
-what they need; the checkpoint stores the config as JSON so a checkpoint rebuilds its own model.
+A config is an `ml_collections.ConfigDict` with sections `model` (architecture), `geometry`
+(anchors and RoI pooling, shared by training and inference), `inference`, `data` and `train`.
+Experiments start from `base_config()` and change what they need; a checkpoint stores its
+config as JSON, so it rebuilds its own model (`msrcnn.detector.from_config`). The values here
+are the only place the defaults are written.
 """
 
 from __future__ import annotations
 
 import json
 
-import jax.numpy as jnp
 import ml_collections
-
-from msrcnn.inference import InferenceConfig
-from msrcnn.models.layers import check_conv_impl
-from msrcnn.models.ms_rcnn import MaskScoringRCNN
 
 # torchvision's GeneralizedRCNNTransform normalisation of RGB in [0, 1].
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -44,25 +41,36 @@ def base_config() -> ml_collections.ConfigDict:
             # msrcnn/ops/xla_cpu), or auto (cpu_matmul on CPU, xla on GPU / TPU). Same
             # parameters and values up to float rounding.
             "conv_impl": "auto",
-            # One anchor size per RPN level P2..P6, and the aspect ratios (h / w) of each.
-            "anchor_sizes": (32, 64, 128, 256, 512),
-            # FPN level rule for RoIs: a box of this size is pooled from P4 (Lin et al. 2017).
-            "roi_canonical_scale": 224.0,
-            "aspect_ratios": (0.5, 1.0, 2.0),
         }
     )
-    defaults = InferenceConfig()
+    config.geometry = ml_collections.ConfigDict(
+        {
+            # One anchor size per RPN level P2..P6, and the aspect ratios (h / w) of each.
+            "anchor_sizes": (32, 64, 128, 256, 512),
+            "aspect_ratios": (0.5, 1.0, 2.0),
+            # FPN level rule for RoIs: a box of this size is pooled from P4 (Lin et al. 2017).
+            "roi_canonical_scale": 224.0,
+            # RoIAlign samples per bin and axis, and its half-pixel convention (False
+            # reproduces torchvision's weights, see torchvision_inference_settings).
+            "roi_sampling_ratio": 2,
+            "roi_aligned": True,
+        }
+    )
+    # Test-time settings, torchvision's (msrcnn.detector's ProposalSettings and
+    # DetectionSettings explain each).
     config.inference = ml_collections.ConfigDict(
         {
-            "rpn_pre_nms_top_k": defaults.rpn_pre_nms_top_k,
-            "rpn_post_nms_top_k": defaults.rpn_post_nms_top_k,
-            "rpn_nms_threshold": defaults.rpn_nms_threshold,
-            "score_threshold": defaults.score_threshold,
-            "nms_threshold": defaults.nms_threshold,
-            "detections_per_image": defaults.detections_per_image,
-            "class_nms_top_k": defaults.class_nms_top_k,
-            "sampling_ratio": defaults.sampling_ratio,
-            "aligned": True,
+            "rpn_pre_nms_top_k": 1000,
+            "rpn_post_nms_top_k": 1000,
+            "rpn_nms_threshold": 0.7,
+            "rpn_min_size": 1e-3,
+            "score_threshold": 0.05,
+            "nms_threshold": 0.5,
+            "detections_per_image": 100,
+            "box_min_size": 1e-2,
+            # Candidate budget of the per-class NMS (msrcnn.ops.nms.multiclass_nms; None =
+            # every (RoI, class) pair).
+            "class_nms_top_k": 4096,
             "mask_threshold": 0.5,
         }
     )
@@ -136,6 +144,8 @@ def base_config() -> ml_collections.ConfigDict:
             "rpn_positive_fraction": 0.5,
             "rpn_pre_nms_top_k": 2000,
             "rpn_post_nms_top_k": 1000,
+            "rpn_nms_threshold": 0.7,
+            "rpn_min_size": 1e-3,
             "roi_batch_size_per_image": 512,
             "roi_positive_fraction": 0.25,
             "roi_fg_iou_threshold": 0.5,
@@ -179,82 +189,56 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
-def compute_dtype(name: str, backend: str):
-    """'auto' is bfloat16 on GPU / TPU and float32 on CPU (where bf16 convs are slow);
-    parameters stay float32 either way."""
-    if name == "auto":
-        return jnp.dtype(jnp.float32 if backend == "cpu" else jnp.bfloat16)
-    return jnp.dtype(name)
-
-
 # Model settings that choose how the model computes, not its parameters or (beyond float
 # rounding) its values: a checkpoint runs, resumes and evaluates under any of them.
 COMPUTE_ONLY_MODEL_SETTINGS = ("conv_impl",)
 
 
+# Geometry that belongs to a trained model: its anchors (their count sets parameter shapes)
+# and the pyramid level each RoI is pooled from. RoIAlign's sampling and half-pixel convention
+# are test-time choices (torchvision's weights run with other values than msrcnn's).
+MODEL_GEOMETRY = ("anchor_sizes", "aspect_ratios", "roi_canonical_scale")
+
+
 def model_identity(config: ml_collections.ConfigDict) -> dict:
-    """config.model as plain data without COMPUTE_ONLY_MODEL_SETTINGS: equal for two configs
-    exactly when they describe the same model."""
+    """config.model without COMPUTE_ONLY_MODEL_SETTINGS, and MODEL_GEOMETRY, as plain data:
+    equal for two configs exactly when they describe the same model."""
     fields = json.loads(config.model.to_json())
-    return {k: v for k, v in fields.items() if k not in COMPUTE_ONLY_MODEL_SETTINGS}
+    identity = {k: v for k, v in fields.items() if k not in COMPUTE_ONLY_MODEL_SETTINGS}
+    geometry = json.loads(config.geometry.to_json())
+    identity.update({k: geometry[k] for k in MODEL_GEOMETRY})
+    return identity
 
 
-def resolve_conv_impl(name: str, backend: str) -> str:
-    """config `model.conv_impl` -> the model's: 'auto' is 'cpu_matmul' on the 'cpu' backend
-    and 'xla' on any other (GPU / TPU run XLA's own convolutions)."""
-    if name == "auto":
-        return "cpu_matmul" if backend == "cpu" else "xla"
-    return check_conv_impl(name)
-
-
-def build_model(config: ml_collections.ConfigDict, backend: str | None = None) -> MaskScoringRCNN:
-    """The model of `config`; backend (default: JAX's default backend) decides what 'auto'
-    settings become, once, here."""
-    if backend is None:
-        import jax
-
-        backend = jax.default_backend()
-    m = config.model
-    return MaskScoringRCNN(
-        num_classes=m.num_classes,
-        depth=m.depth,
-        width=m.width,
-        stride_in_1x1=m.stride_in_1x1,
-        norm=m.norm,
-        freeze_at=m.freeze_at,
-        fpn_channels=m.fpn_channels,
-        box_hidden=m.box_hidden,
-        mask_convs=m.mask_convs,
-        mask_scoring=m.mask_scoring,
-        num_anchors=len(m.aspect_ratios),
-        dtype=compute_dtype(m.dtype, backend),
-        # Configs stored before the setting existed mean "auto".
-        conv_impl=resolve_conv_impl(m.get("conv_impl", "auto"), backend),
-    )
-
-
-def inference_config(config: ml_collections.ConfigDict) -> InferenceConfig:
-    i = config.inference
-    return InferenceConfig(
-        rpn_pre_nms_top_k=i.rpn_pre_nms_top_k,
-        rpn_post_nms_top_k=i.rpn_post_nms_top_k,
-        rpn_nms_threshold=i.rpn_nms_threshold,
-        score_threshold=i.score_threshold,
-        nms_threshold=i.nms_threshold,
-        detections_per_image=i.detections_per_image,
-        class_nms_top_k=i.class_nms_top_k,
-        sampling_ratio=i.sampling_ratio,
-        aligned=i.aligned,
-        roi_canonical_scale=config.model.roi_canonical_scale,
-        anchor_sizes=tuple(config.model.anchor_sizes),
-        aspect_ratios=tuple(config.model.aspect_ratios),
-    )
+def upgrade_stored(stored: dict) -> dict:
+    """A config stored (as JSON data) by an earlier version -> today's layout, so that older
+    checkpoints still load, resume and compare: the geometry moved out of `model` and
+    `inference` into its own section; settings added since take the value that reproduces
+    the old behaviour."""
+    stored = json.loads(json.dumps(stored))  # a copy
+    model, inference = stored.get("model", {}), stored.get("inference", {})
+    if "geometry" not in stored:
+        stored["geometry"] = {
+            "anchor_sizes": model.pop("anchor_sizes", [32, 64, 128, 256, 512]),
+            "aspect_ratios": model.pop("aspect_ratios", [0.5, 1.0, 2.0]),
+            "roi_canonical_scale": model.pop("roi_canonical_scale", 224.0),
+            "roi_sampling_ratio": inference.pop("sampling_ratio", 2),
+            "roi_aligned": inference.pop("aligned", True),
+        }
+    model.setdefault("conv_impl", "auto")
+    inference.setdefault("rpn_min_size", 1e-3)
+    inference.setdefault("box_min_size", 1e-2)
+    if "train" in stored:
+        # Training used the test-time RPN NMS settings before it had its own.
+        stored["train"].setdefault("rpn_nms_threshold", inference.get("rpn_nms_threshold", 0.7))
+        stored["train"].setdefault("rpn_min_size", inference["rpn_min_size"])
+    return stored
 
 
 def torchvision_inference_settings(config: ml_collections.ConfigDict) -> None:
     """torchvision maskrcnn_resnet50_fpn's test-time behaviour, for its imported weights."""
-    config.inference.aligned = False
-    config.inference.sampling_ratio = 2
+    config.geometry.roi_aligned = False
+    config.geometry.roi_sampling_ratio = 2
     config.inference.rpn_pre_nms_top_k = 1000
     config.inference.rpn_post_nms_top_k = 1000
     config.inference.rpn_nms_threshold = 0.7

@@ -49,6 +49,7 @@ from absl import flags
 
 from msrcnn import checkpointing, cli, config_lib
 from msrcnn.errors import MissingInputError, UserInputError
+from msrcnn.models.build import build_model
 from msrcnn.models.ms_rcnn import RPN_LEVELS, MaskScoringRCNN
 from msrcnn.models.resnet import STAGE_BLOCKS, resnet_channels
 
@@ -487,7 +488,7 @@ def convert_torchvision_state_dict(
             f"checkpoint is a ResNet-{resnet_depth(state_dict, kind)}, config wants {depth}"
         )
     eps = default_bn_eps(state_dict, kind) if bn_eps is None else float(bn_eps)
-    model = config_lib.build_model(config)
+    model = build_model(config)
     num_classes = int(config.model.num_classes)
     ckpt_classes = checkpoint_num_classes(state_dict)
     # Expected shapes of every parameter, without computing anything.

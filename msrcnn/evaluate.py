@@ -14,6 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from msrcnn import checkpointing, cli, config_lib
+from msrcnn import detector as detector_lib
 from msrcnn.errors import ConfigError
 from msrcnn.evaluation import runner
 
@@ -34,10 +35,10 @@ def main(argv) -> None:
         raise ConfigError(
             f"{ckpt_dir} was trained with another model config: {stored.model} vs {config.model}"
         )
-    model = config_lib.build_model(config)
+    detector = detector_lib.from_config(config)
     data = datasets.load(config)
     variables = jax.tree.map(np.asarray, variables)
-    result = runner.evaluate_variables(config, model, variables, data)
+    result = runner.evaluate_variables(config, detector, variables, data)
     print(runner.format_results(result, _STEP.value))
     runner.write_results(result, os.path.join(_WORKDIR.value, "eval.json"))
 

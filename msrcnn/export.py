@@ -53,9 +53,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msrcnn import config_lib, export_rewrite
+from msrcnn import detector as detector_lib
+from msrcnn import export_rewrite
 from msrcnn import predictor as predictor_lib
-from msrcnn.inference import detect
 
 FORMATS = ("onnx", "stablehlo", "saved_model")
 INPUT_NAME = "images"
@@ -80,8 +80,8 @@ def serving_fn(config, image_hw: tuple[int, int], paste_masks: bool = True):
     Pure and traceable: preprocessing, `detect` and the paste are the functions `Predictor`
     runs, so an image of size `image_hw` gives `Predictor`'s detections (padded to D slots).
     """
-    model = config_lib.build_model(config)
-    cfg = config_lib.inference_config(config)
+    detector = detector_lib.from_config(config)
+    settings = detector_lib.inference_settings(config)
     category_ids = predictor_lib.category_ids_of(config)
     threshold = float(config.inference.mask_threshold)
     image_hw = tuple(int(s) for s in image_hw)
@@ -91,7 +91,7 @@ def serving_fn(config, image_hw: tuple[int, int], paste_masks: bool = True):
             raise ValueError(f"expected images [N, {image_hw[0]}, {image_hw[1]}, 3]")
         batch, resized = predictor_lib.preprocess_images(images, config.data)
         sizes = np.tile(np.asarray([resized], np.float32), (images.shape[0], 1))
-        outputs = detect(model, variables, batch, sizes, cfg)
+        outputs = detector_lib.detect(detector, variables, batch, sizes, settings)
         valid = outputs["valid"]
         boxes = predictor_lib.scale_boxes(outputs["boxes"], resized, image_hw)
         labels = predictor_lib.category_labels(outputs["labels"], category_ids)

@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from msrcnn import cli, config_lib, visualize
+from msrcnn import cli, visualize
 from msrcnn.data.bad_input import BadInputPolicy
 from msrcnn.data.image_io import read_image
 from msrcnn.evaluation.plots import pyplot
@@ -117,16 +117,16 @@ def draw_anchors(config, image: np.ndarray, output_dir: str) -> str:
 
     plt = pyplot()
     hw = image.shape[:2]
-    levels = range(2, 2 + len(config.model.anchor_sizes))
+    levels = range(2, 2 + len(config.geometry.anchor_sizes))
     grids = anchor_ops.fpn_grid_sizes(hw, levels)
     all_anchors = anchor_ops.fpn_anchors(
         hw,
         levels=levels,
-        sizes=tuple(config.model.anchor_sizes),
-        aspect_ratios=tuple(config.model.aspect_ratios),
+        sizes=tuple(config.geometry.anchor_sizes),
+        aspect_ratios=tuple(config.geometry.aspect_ratios),
         grid_sizes=grids,
     )
-    num_ratios = len(config.model.aspect_ratios)
+    num_ratios = len(config.geometry.aspect_ratios)
     fig, axes = plt.subplots(1, len(grids), figsize=(3.2 * len(grids), 3.6), dpi=110)
     for ax, level, grid, anchors in zip(axes, levels, grids, all_anchors, strict=True):
         anchors = np.asarray(anchors).reshape(grid[0], grid[1], num_ratios, 4)
@@ -139,7 +139,7 @@ def draw_anchors(config, image: np.ndarray, output_dir: str) -> str:
         centre = anchors[grid[0] // 2, grid[1] // 2]
         for a, colour in zip(centre, ["#e41a1c", "#4daf4a", "#377eb8", "#ff7f00"], strict=False):
             ax.add_patch(_rect(plt, a, colour, 1.8, 1.0))
-        size = config.model.anchor_sizes[level - 2]
+        size = config.geometry.anchor_sizes[level - 2]
         ax.set_title(f"P{level}: stride {2**level}, size {size}", fontsize=9)
         ax.set_xlim(-0.25 * hw[1], 1.25 * hw[1])
         ax.set_ylim(1.25 * hw[0], -0.25 * hw[0])
@@ -164,30 +164,25 @@ def _rect(plt, box, colour, width, alpha):
 
 def pipeline_stages(predictor, image: np.ndarray) -> dict[str, np.ndarray]:
     """Intermediate outputs for one image, in the resized network-input frame."""
-    from msrcnn import inference
-    from msrcnn.models.ms_rcnn import MaskScoringRCNN
-    from msrcnn.ops import boxes as box_ops
+    from msrcnn import detector as detector_lib
     from msrcnn.predictor import preprocess
 
-    model, cfg = predictor.model, config_lib.inference_config(predictor.config)
+    detector = predictor.detector
+    settings = detector_lib.inference_settings(predictor.config)
     batch, out_hw = preprocess(image, predictor.config.data)
 
     @jax.jit
     def early(variables, images):
-        pyramid = model.apply(variables, images, method=MaskScoringRCNN.pyramid)
-        logits, _ = model.apply(variables, pyramid, method=MaskScoringRCNN.rpn)
-        anchors = jnp.concatenate(inference.pyramid_anchors(pyramid, cfg), axis=0)
-        objectness = jnp.concatenate([lv[0] for lv in logits], axis=0)
+        pyramid, _ = detector.features(variables, images)
+        rpn_out = detector.rpn(variables, pyramid)
+        anchors = jnp.concatenate(rpn_out[2], axis=0)
+        objectness = jnp.concatenate([lv[0] for lv in rpn_out[0]], axis=0)
         top_scores, top = jax.lax.top_k(jax.nn.sigmoid(objectness), min(TOP, len(anchors)))
         image_hw = jnp.asarray([out_hw], jnp.float32)
-        props, prop_scores, prop_valid = inference.rpn_proposals(
-            model, variables, pyramid, image_hw, cfg
-        )
-        feats = inference.pool_rois(pyramid, props, 7, cfg)
-        class_logits, deltas = model.apply(variables, feats, method=MaskScoringRCNN.box)
-        scores = jax.nn.softmax(class_logits, -1)[:, 1:]  # [P, K]
-        boxes = inference.ROI_BOX_CODER.decode(deltas[:, 1:], props[0][:, None, :])
-        boxes = box_ops.clip_boxes(boxes, image_hw[0])
+        props, prop_scores, prop_valid = detector.proposals(rpn_out, image_hw, settings.proposals)
+        class_logits, deltas = detector.box_head(variables, pyramid, props)
+        scores = jax.nn.softmax(class_logits[0], -1)[:, 1:]  # [P, K]
+        boxes = detector_lib.decode_class_boxes(deltas[0], props[0], image_hw[0])
         scores = jnp.where(prop_valid[0][:, None], scores, 0.0)
         flat_scores, flat = jax.lax.top_k(scores.reshape(-1), min(TOP, scores.size))
         k = scores.shape[1]

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
+from msrcnn.ops.select import select_class
 from msrcnn.targets.roi import select_class_masks
 
 __all__ = [
@@ -108,9 +109,7 @@ def rpn_losses(objectness_logits, box_deltas, labels, box_targets, beta: float =
 
 def _softmax_cross_entropy(logits, classes):
     """-log softmax(logits)[class]: [..., C], [...] -> [...]."""
-    log_probs = jax.nn.log_softmax(_f32(logits), axis=-1)
-    index = jnp.clip(jnp.asarray(classes, jnp.int32), 0, logits.shape[-1] - 1)
-    return -jnp.take_along_axis(log_probs, index[..., None], axis=-1)[..., 0]
+    return -select_class(jax.nn.log_softmax(_f32(logits), axis=-1), classes)
 
 
 def box_losses(class_logits, box_deltas, classes, valid, box_targets, beta: float = DEFAULT_BETA):
@@ -137,9 +136,7 @@ def box_losses(class_logits, box_deltas, classes, valid, box_targets, beta: floa
     num_sampled = _count(valid)
     ce = _softmax_cross_entropy(_keep(valid[..., None], class_logits), classes)
     classification_loss = _masked_sum(ce, valid) / num_sampled
-    box_deltas = _f32(box_deltas)
-    index = jnp.clip(classes, 0, box_deltas.shape[-2] - 1)[..., None, None]
-    class_deltas = jnp.take_along_axis(box_deltas, index, axis=-2)[..., 0, :]  # [..., R, 4]
+    class_deltas = select_class(_f32(box_deltas), classes, axis=-2)  # [..., R, 4]
     pos = positive[..., None]
     reg = smooth_l1(_keep(pos, class_deltas) - _keep(pos, box_targets), beta)
     box_loss = _masked_sum(reg, pos) / num_sampled
@@ -202,9 +199,7 @@ def maskiou_loss(
     Returns:
       float32 scalar.
     """
-    pred = _f32(maskiou_pred)
-    column = jnp.clip(jnp.asarray(classes, jnp.int32) - 1, 0, pred.shape[-1] - 1)
-    pred = jnp.take_along_axis(pred, column[..., None], axis=-1)[..., 0]
+    pred = select_class(_f32(maskiou_pred), jnp.asarray(classes, jnp.int32) - 1)
     target = jax.lax.stop_gradient(_f32(maskiou_targets))
     use = jnp.asarray(positive, bool)
     if only_nonzero_targets:

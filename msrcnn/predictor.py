@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from msrcnn import checkpointing, config_lib
-from msrcnn.inference import make_detect_fn
+from msrcnn import checkpointing
+from msrcnn import detector as detector_lib
 from msrcnn.ops import masks as mask_ops
 
 
@@ -225,9 +225,12 @@ class Predictor:
 
     def __init__(self, config: ml_collections.ConfigDict, variables):
         self.config = config
-        self.model = config_lib.build_model(config)
+        self.detector = detector_lib.from_config(config)
+        self.model = self.detector.model
         self.variables = variables
-        self._detect = make_detect_fn(self.model, config_lib.inference_config(config))
+        self._detect = detector_lib.make_detect_fn(
+            self.detector, detector_lib.inference_settings(config)
+        )
         self.category_ids = category_ids_of(config)
 
     @classmethod

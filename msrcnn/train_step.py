@@ -1,7 +1,7 @@
 """The training forward pass and the jitted update: images + ground truth -> losses -> step.
 
-Everything runs on device in one jit: normalisation, backbone, RPN targets and losses,
-proposals, RoI sampling, box / mask / MaskIoU targets and losses, gradients and the optax
+Everything runs on device in one jit: normalisation, the detector's stages
+(msrcnn.detector) with RPN and RoI targets between them, the losses, gradients and the optax
 update. Per-image target code is vmapped with one PRNG key per image, derived from
 (seed, step) so a resumed run draws the same samples.
 """
@@ -16,9 +16,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from msrcnn import config_lib, inference, losses, optim, proposals
-from msrcnn.models.ms_rcnn import MaskScoringRCNN
+from msrcnn import losses, optim
+from msrcnn.detector import Detector, proposal_settings
 from msrcnn.ops import slot_buckets
+from msrcnn.ops.normalize import normalize_images
 from msrcnn.targets import roi as roi_targets
 from msrcnn.targets import rpn as rpn_targets
 from msrcnn.train_state import TrainState
@@ -27,20 +28,8 @@ from msrcnn.train_state import TrainState
 MASK_BRANCH_PARAMS = ("mask_head", "maskiou_head")
 
 
-def normalize_images(images_uint8, image_hw, mean, std):
-    """uint8 [B, H, W, 3] -> float32 normalised, zero outside each image (as torchvision pads
-    after normalising)."""
-    x = images_uint8.astype(jnp.float32) / 255.0
-    x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-    h, w = x.shape[1], x.shape[2]
-    inside = (jnp.arange(h)[None, :, None] < image_hw[:, 0, None, None]) & (
-        jnp.arange(w)[None, None, :] < image_hw[:, 1, None, None]
-    )
-    return jnp.where(inside[..., None], x, 0.0)
-
-
 def training_loss(
-    model: MaskScoringRCNN,
+    detector: Detector,
     config: ml_collections.ConfigDict,
     params,
     batch_stats,
@@ -49,31 +38,29 @@ def training_loss(
 ):
     """Forward pass in training mode -> (total loss, (named losses, new batch_stats)).
 
+    The detector's stages (msrcnn.detector) with the training targets between them: RPN
+    targets over all anchors, proposals (no gradient), sampled RoIs, box head, and the mask
+    branch on the positive RoIs.
+
     Args:
-      model: the module; config: the full config (static).
+      detector: the Detector (static); config: the full config (static).
       params, batch_stats: variables (batch_stats {} unless norm='bn').
       batch: the data pipeline's dict (see msrcnn/data/__init__.py), device arrays.
       key: PRNG key for this step (sampling of anchors and RoIs).
     """
-    t, cfg = config.train, config_lib.inference_config(config)
+    t = config.train
     image_hw = batch["image_hw"].astype(jnp.float32)
     images = normalize_images(
         batch["images"], batch["image_hw"], config.data.pixel_mean, config.data.pixel_std
     )
     variables = {"params": params}
-    mutable = []
     if batch_stats:
         variables["batch_stats"] = batch_stats
-        mutable = ["batch_stats"]
-    pyramid, new_state = model.apply(
-        variables, images, True, method=MaskScoringRCNN.pyramid, mutable=mutable
-    )
-    new_batch_stats = new_state.get("batch_stats", batch_stats) if mutable else batch_stats
+    pyramid, new_batch_stats = detector.features(variables, images, train=True)
     head_vars = {"params": params}
 
     # RPN: targets over all anchors, then proposals (no gradient).
-    logits, deltas = model.apply(head_vars, pyramid, method=MaskScoringRCNN.rpn)
-    anchors = inference.pyramid_anchors(pyramid, cfg)
+    logits, deltas, anchors = rpn_out = detector.rpn(head_vars, pyramid)
     batch_size = images.shape[0]
     rpn_keys, roi_keys = jnp.split(jax.random.split(key, 2 * batch_size), 2)
     rpn_labels, rpn_box_targets = jax.vmap(
@@ -84,16 +71,9 @@ def training_loss(
             positive_fraction=t.rpn_positive_fraction,
         )
     )(rpn_keys, gt_boxes=batch["gt_boxes"], gt_valid=batch["gt_valid"])
-    props, _, props_valid = jax.vmap(
-        functools.partial(
-            proposals.generate_proposals,
-            anchors,
-            pre_nms_top_k=t.rpn_pre_nms_top_k,
-            post_nms_top_k=t.rpn_post_nms_top_k,
-            nms_threshold=cfg.rpn_nms_threshold,
-            min_size=cfg.rpn_min_size,
-        )
-    )(logits, deltas, image_hw)
+    props, _, props_valid = detector.proposals(
+        rpn_out, image_hw, proposal_settings(config, "train")
+    )
 
     # RoI heads: sample, box head on every sampled RoI, mask + MaskIoU heads on the first
     # max_positives slots (positives come first, so these hold all of them), or on at most
@@ -106,9 +86,7 @@ def training_loss(
             fg_iou_threshold=t.roi_fg_iou_threshold,
         )
     )(roi_keys, props, props_valid, batch["gt_boxes"], batch["gt_classes"], batch["gt_valid"])
-    num_rois = sampled["rois"].shape[1]
-    box_features = inference.pool_rois(pyramid, sampled["rois"], 7, cfg)
-    class_logits, box_deltas = model.apply(head_vars, box_features, method=MaskScoringRCNN.box)
+    class_logits, box_deltas = detector.box_head(head_vars, pyramid, sampled["rois"])
 
     max_pos = roi_targets.max_positives(t.roi_batch_size_per_image, t.roi_positive_fraction)
     if t.mask_rois_per_image:
@@ -121,7 +99,17 @@ def training_loss(
     filled = jnp.max(jnp.sum(pos["is_positive"], axis=1))
     head_params = {name: params[name] for name in MASK_BRANCH_PARAMS if name in params}
     buckets = slot_buckets.slot_buckets(max_pos, t.mask_slot_step)
-    branch = functools.partial(_mask_branch, model, cfg, t.maskiou_stop_gradient)
+
+    def branch(shared, slots):
+        # Padding and background slots (class 0) read class 1; the losses mask them out.
+        return detector.mask_branch(
+            {"params": shared["params"]},
+            shared["pyramid"],
+            slots["rois"],
+            jnp.maximum(slots["classes"], 1),
+            stop_gradient=t.maskiou_stop_gradient,
+        )
+
     mask_out = slot_buckets.run_filled_slots(
         branch,
         {"params": head_params, "pyramid": pyramid},
@@ -137,8 +125,8 @@ def training_loss(
     outputs = {
         "rpn_logits": logits,
         "rpn_deltas": deltas,
-        "class_logits": class_logits.reshape(batch_size, num_rois, -1),
-        "box_deltas": box_deltas.reshape(batch_size, num_rois, -1, 4),
+        "class_logits": class_logits,
+        "box_deltas": box_deltas,
         "mask_logits": mask_logits,
     }
     targets = {
@@ -151,7 +139,7 @@ def training_loss(
         "mask_classes": pos["classes"],
         "mask_positive": pos["is_positive"],
     }
-    if model.mask_scoring:
+    if detector.mask_scoring:
         outputs["maskiou"] = mask_out["maskiou"]
         targets["maskiou_targets"] = jax.vmap(roi_targets.maskiou_targets)(
             mask_logits, mask_targets, mask_ratio
@@ -163,34 +151,8 @@ def training_loss(
     return total, (named, new_batch_stats)
 
 
-def _mask_branch(model, cfg, maskiou_stop_gradient: bool, shared, slots):
-    """Mask (and MaskIoU) head on the RoIs of some leading slots.
-
-    shared: {"params": the heads' parameters, "pyramid": feature maps}; slots: {"rois"
-    [B, S, 4], "classes" [B, S]} -> {"mask_logits" [B, S, 28, 28] of each RoI's target class,
-    "maskiou" [B, S, K] when the model has the MaskIoU head}.
-    """
-    batch_size, num_slots = slots["classes"].shape
-    variables = {"params": shared["params"]}
-    features = inference.pool_rois(shared["pyramid"], slots["rois"], 14, cfg)
-    # Only each RoI's target-class logits: the loss reads no other channel.
-    logits = model.apply(
-        variables, features, slots["classes"].reshape(-1), method=MaskScoringRCNN.mask
-    )
-    out = {"mask_logits": logits.reshape(batch_size, num_slots, *logits.shape[1:])}
-    if model.mask_scoring:
-        # The MaskIoU head sees the soft mask of the target class (predicted class at test).
-        probs = jax.nn.sigmoid(logits)
-        if maskiou_stop_gradient:
-            probs = jax.lax.stop_gradient(probs)
-            features = jax.lax.stop_gradient(features)
-        maskiou = model.apply(variables, features, probs, method=MaskScoringRCNN.maskiou)
-        out["maskiou"] = maskiou.reshape(batch_size, num_slots, -1)
-    return out
-
-
 def train_step(
-    model: MaskScoringRCNN,
+    detector: Detector,
     config: ml_collections.ConfigDict,
     optimizer: optax.GradientTransformation,
     state: TrainState,
@@ -206,7 +168,7 @@ def train_step(
         # input gradients of the frozen convs, no affine-gradient reductions. Their gradients
         # are zeros, which the optimizer discards anyway (optim.make_optimizer).
         params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
-        return training_loss(model, config, params, *args)
+        return training_loss(detector, config, params, *args)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (total, (named, new_batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch, key)

@@ -21,7 +21,8 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from msrcnn import checkpointing, config_lib, optim, sharding
+from msrcnn import checkpointing, optim, sharding
+from msrcnn import detector as detector_lib
 from msrcnn import train_step as train_step_lib
 from msrcnn.data import datasets
 from msrcnn.train_state import TrainState
@@ -178,7 +179,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       table (None if the config has no validation split)}.
     """
     mesh = sharding.data_mesh()
-    model = config_lib.build_model(config)
+    detector = detector_lib.from_config(config)
+    model = detector.model
     data = datasets.load(config)
     # Checkpoints carry the label map, so a Predictor or `msrcnn.predict` names classes and
     # writes the dataset's category ids without the dataset at hand.
@@ -213,7 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
         state_sh = jax.tree.map(lambda _: repl, state)
         step_fn = jax.jit(
-            functools.partial(train_step_lib.train_step, model, config, optimizer),
+            functools.partial(train_step_lib.train_step, detector, config, optimizer),
             in_shardings=(state_sh, batch_sh),
             out_shardings=(state_sh, repl),
             donate_argnums=(0,),
@@ -261,10 +263,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 # The table goes below the bar's last state, never under a bar that redraws
                 # itself over it; a new bar continues below (its rate without the evaluation).
                 bar.close()
-                _evaluate_and_log(config, model, state, data, writer, workdir, step)
+                _evaluate_and_log(config, detector, state, data, writer, workdir, step)
                 bar = _progress_bar(num_steps, step, postfix=losses)
         bar.close()  # its last state, before the table (closing again does nothing)
-        eval_table = _evaluate_and_log(config, model, state, data, writer, workdir, num_steps)
+        eval_table = _evaluate_and_log(config, detector, state, data, writer, workdir, num_steps)
     return {"step": int(state.step), "metrics": logged, "eval": eval_table}
 
 
@@ -298,13 +300,13 @@ def _init_from_checkpoint(config, optimizer, state: TrainState) -> TrainState:
     return state
 
 
-def _evaluate_and_log(config, model, state, data, writer, workdir, step):
+def _evaluate_and_log(config, detector, state, data, writer, workdir, step):
     from msrcnn.evaluation import runner  # pycocotools only when evaluating
 
     if not data.has_eval:
         return None
     variables = jax.device_get(state.variables())
-    table = runner.evaluate_variables(config, model, variables, data)
+    table = runner.evaluate_variables(config, detector, variables, data)
     if jax.process_index() == 0:
         print(runner.format_results(table, step))
         runner.write_results(table, os.path.join(workdir, f"eval_step_{step}.json"))

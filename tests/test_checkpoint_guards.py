@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msrcnn import checkpointing, config_lib
+from msrcnn import checkpointing
+from msrcnn.models.build import build_model
 from msrcnn.train_state import TrainState
 from tests.trainer_helpers import tiny_config
 
@@ -22,7 +23,7 @@ def _params(num_classes: int, mask_scoring: bool = True, value: float = 0.0):
     config = tiny_config("/unused")
     config.model.num_classes = num_classes
     config.model.mask_scoring = mask_scoring
-    model = config_lib.build_model(config)
+    model = build_model(config)
     shapes = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
     )

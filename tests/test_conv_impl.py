@@ -1,19 +1,22 @@
-"""`model.conv_impl`: "auto" resolves by backend name once, in config_lib; "xla" keeps every
-convolution XLA's own (no custom VJP from msrcnn.ops.xla_cpu in the train step), "cpu_matmul"
-uses msrcnn.ops.xla_cpu; both give the train step's losses and gradients up to float
-rounding."""
+"""`model.conv_impl`: "auto" resolves by backend name once, in msrcnn.models.build;
+"xla" keeps every convolution XLA's own (no custom VJP from msrcnn.ops.xla_cpu in the train
+step), "cpu_matmul" uses msrcnn.ops.xla_cpu; both give the train step's losses and gradients
+up to float rounding."""
 
 import functools
 import json
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from jax.extend.core import jaxprs_in_params
 
 from experiments import tiny
 from msrcnn import checkpointing, config_lib, optim, train_step
+from msrcnn import detector as detector_lib
+from msrcnn.models.build import build_model, resolve_conv_impl
 from msrcnn.ops.xla_cpu import conv as xla_cpu_conv
 from msrcnn.train_state import TrainState
 
@@ -36,23 +39,25 @@ IMPLS = ("xla", "cpu_matmul")
     ],
 )
 def test_auto_resolves_by_backend_name(name, backend, want):
-    assert config_lib.resolve_conv_impl(name, backend) == want
+    assert resolve_conv_impl(name, backend) == want
     config = tiny.get_config()
     config.model.conv_impl = name
-    assert config_lib.build_model(config, backend=backend).conv_impl == want
+    assert build_model(config, backend=backend).conv_impl == want
 
 
 def test_unknown_conv_impl_is_an_error():
     with pytest.raises(ValueError, match="conv_impl"):
-        config_lib.resolve_conv_impl("matmul", "cpu")
+        resolve_conv_impl("matmul", "cpu")
 
 
 def test_config_without_the_setting_means_auto():
     # A checkpoint's stored config from before the setting existed.
     config = tiny.get_config()
-    del config.model["conv_impl"]
-    assert config_lib.build_model(config, backend="cpu").conv_impl == "cpu_matmul"
-    assert config_lib.build_model(config, backend="tpu").conv_impl == "xla"
+    stored = json.loads(config.to_json())
+    del stored["model"]["conv_impl"]
+    config = ml_collections.ConfigDict(config_lib.upgrade_stored(stored))
+    assert build_model(config, backend="cpu").conv_impl == "cpu_matmul"
+    assert build_model(config, backend="tpu").conv_impl == "xla"
 
 
 def test_conv_impl_is_not_part_of_the_model_identity():
@@ -63,8 +68,9 @@ def test_conv_impl_is_not_part_of_the_model_identity():
     other = tiny.get_config()
     other.model.conv_impl = "xla"
     assert config_lib.model_identity(stored) == config_lib.model_identity(other)
-    old = tiny.get_config()
-    del old.model["conv_impl"]
+    old = json.loads(tiny.get_config().to_json())
+    del old["model"]["conv_impl"]
+    old = ml_collections.ConfigDict(config_lib.upgrade_stored(old))
     assert config_lib.model_identity(old) == config_lib.model_identity(other)
     assert checkpointing.check_config_drift(json.loads(stored.to_json()), other, "W") == []
     other.model.mask_convs = 3
@@ -104,10 +110,10 @@ def _batch(size=64, max_instances=4, mask_size=28, seed=0):
 
 def _setup(conv_impl):
     config = _config(conv_impl)
-    model = config_lib.build_model(config)
-    assert model.conv_impl == conv_impl
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-    return config, model, variables["params"]
+    detector = detector_lib.from_config(config)
+    assert detector.model.conv_impl == conv_impl
+    variables = detector.model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    return config, detector, variables["params"]
 
 
 def _eqns(jaxpr):

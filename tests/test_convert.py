@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msrcnn import config_lib, convert
+from msrcnn import convert
+from msrcnn.models.build import build_model
 from msrcnn.models.heads import Upsample2x
 from msrcnn.models.ms_rcnn import RPN_LEVELS, MaskScoringRCNN
 from msrcnn.predictor import Predictor
@@ -158,7 +159,7 @@ def test_config_for_the_coco_layout(converted):
     names = list(config.data.class_names)
     assert names[0] == "person" and names[89] == "toothbrush" and names[11] == "N/A"
     assert sum(n != "N/A" for n in names) == 80
-    assert not config.inference.aligned and config.inference.sampling_ratio == 2
+    assert not config.geometry.roi_aligned and config.geometry.roi_sampling_ratio == 2
 
 
 def test_report(converted, state_dict):
@@ -178,7 +179,7 @@ def test_report(converted, state_dict):
 
 def test_converted_shapes_match_the_model(converted):
     config, variables, _ = converted
-    model = config_lib.build_model(config)
+    model = build_model(config)
     expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
     shapes = jax.tree.map(lambda x: x.shape, variables)
     assert shapes == jax.tree.map(lambda x: x.shape, expected)
@@ -208,7 +209,7 @@ def test_heads_match_torchvision_layers(converted, state_dict):
     """RPN, box and mask heads of the converted model against numpy versions of torchvision's
     RPNHead, TwoMLPHead + FastRCNNPredictor and MaskRCNNHeads + MaskRCNNPredictor."""
     config, variables, _ = converted
-    model = config_lib.build_model(config)
+    model = build_model(config)
     sd = state_dict
 
     # RPN head on one pyramid level (the others share the weights).
@@ -399,7 +400,7 @@ def test_resnet_imagenet_backbone(state_dict, converted):
     resnet["fc.weight"] = np.zeros((1000, 2048), np.float32)
     resnet["fc.bias"] = np.zeros((1000,), np.float32)
     config = convert.config_for_state_dict(resnet, num_classes=3)
-    assert config.model.num_classes == 3 and config.inference.aligned  # msrcnn defaults
+    assert config.model.num_classes == 3 and config.geometry.roi_aligned  # msrcnn defaults
     variables, report = convert.convert_torchvision_state_dict(resnet, config, seed=1)
     assert report.kind == "resnet"
     assert report.fresh == ["fpn", "rpn_head", "box_head", "mask_head", "maskiou_head"]
@@ -440,7 +441,7 @@ def test_npz_through_the_cli_to_a_predictor(tmp_path, state_dict, capsys):
     assert predictor.config.model.num_classes == 90 and not predictor.config.model.mask_scoring
     assert not predictor.model.mask_scoring
     assert list(predictor.category_ids) == list(range(1, 91))
-    assert predictor.config.inference.aligned is False
+    assert predictor.config.geometry.roi_aligned is False
     expected, _ = _convert(state_dict, mask_scoring=False)
     assert "maskiou_head" not in predictor.variables["params"]
     jax.tree.map(

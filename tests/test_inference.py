@@ -1,32 +1,48 @@
 """Inference on a tiny random model: static shapes, one trace per input shape, mask scoring."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msrcnn import inference, proposals
+from msrcnn import config_lib
+from msrcnn import detector as detector_lib
 from msrcnn.models import ms_rcnn
 from msrcnn.ops import anchors as anchor_ops
 from msrcnn.ops import boxes as box_ops
+from msrcnn.ops import proposals
 from msrcnn.ops import roi_align as roi_align_ops
 
-CFG = inference.InferenceConfig(
-    rpn_pre_nms_top_k=200, rpn_post_nms_top_k=64, score_threshold=0.0, detections_per_image=16
-)
+
+def _settings():
+    config = config_lib.base_config()
+    i = config.inference
+    i.rpn_pre_nms_top_k, i.rpn_post_nms_top_k = 200, 64
+    i.score_threshold, i.detections_per_image = 0.0, 16
+    return detector_lib.inference_settings(config)
+
+
+CFG = _settings()
+GEOMETRY = detector_lib.geometry_of(config_lib.base_config())
+
+
+def tiny_detector_of(**fields):
+    return detector_lib.Detector(ms_rcnn.tiny(**fields), GEOMETRY)
 
 
 @pytest.fixture(scope="module")
 def tiny_detector():
-    model = ms_rcnn.tiny(num_classes=3)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    detector = tiny_detector_of(num_classes=3)
+    variables = detector.model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     calls = {"traces": 0}
 
     def counted(variables, images, image_hw):
         calls["traces"] += 1
-        return inference.detect(model, variables, images, image_hw, CFG)
+        return detector_lib.detect(detector, variables, images, image_hw, CFG)
 
-    return model, variables, jax.jit(counted), calls
+    return detector.model, variables, jax.jit(counted), calls
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +95,11 @@ def test_one_trace_per_input_shape(tiny_detector, tiny_outputs):
 
 
 def test_plain_model_scores_masks_by_class_score():
-    model = ms_rcnn.tiny(num_classes=2, mask_scoring=False)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    detector = tiny_detector_of(num_classes=2, mask_scoring=False)
+    variables = detector.model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     assert "maskiou_head" not in variables["params"]
     images = jax.random.normal(jax.random.key(2), (1, 64, 64, 3))
-    out = jax.jit(lambda v, x: inference.detect(model, v, x, jnp.array([[64, 64]]), CFG))(
+    out = jax.jit(lambda v, x: detector_lib.detect(detector, v, x, jnp.array([[64, 64]]), CFG))(
         variables, images
     )
     np.testing.assert_array_equal(out["mask_scores"], out["scores"])
@@ -94,7 +110,7 @@ def numpy_proposals(anchors, logits, deltas, image_hw, pre, post, thr, min_size)
     boxes, scores, levels = [], [], []
     for level, (a, lg, d) in enumerate(zip(anchors, logits, deltas, strict=True)):
         top = np.argsort(-lg, kind="stable")[:pre]
-        decoded = np.asarray(proposals.RPN_BOX_CODER.decode(d[top], a[top]))
+        decoded = np.asarray(box_ops.RPN_BOX_CODER.decode(d[top], a[top]))
         boxes.append(np.asarray(box_ops.clip_boxes(decoded, image_hw)))
         scores.append(1 / (1 + np.exp(-lg[top])))
         levels.append(np.full(len(top), level))
@@ -139,10 +155,10 @@ def test_roi_canonical_scale_moves_boxes_up_the_pyramid():
         for level in range(2, 6)
     }
     boxes = jnp.array([[[10.0, 10.0, 90.0, 90.0]]])  # 80 px: P2 at scale 224, P5 at scale 36
-    default = inference.pool_rois(pyramid, boxes, 7, inference.InferenceConfig())
-    small = inference.pool_rois(
-        pyramid, boxes, 7, inference.InferenceConfig(roi_canonical_scale=36.0)
-    )
+    detector = tiny_detector_of(num_classes=1)
+    small_scale = dataclasses.replace(GEOMETRY, roi_canonical_scale=36.0)
+    default = detector.pool(pyramid, boxes, 7)
+    small = dataclasses.replace(detector, geometry=small_scale).pool(pyramid, boxes, 7)
     p2 = roi_align_ops.roi_align(pyramid["P2"][0], boxes[0], 7, 1 / 4, 2, True)
     p5 = roi_align_ops.roi_align(pyramid["P5"][0], boxes[0], 7, 1 / 32, 2, True)
     np.testing.assert_allclose(default, p2, atol=1e-6)

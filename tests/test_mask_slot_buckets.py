@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from experiments import tiny
-from msrcnn import config_lib, train_step
+from msrcnn import detector as detector_lib
+from msrcnn import train_step
 from msrcnn.ops import slot_buckets
 from msrcnn.ops.xla_cpu import conv
 
@@ -46,8 +47,8 @@ def losses_and_grads():
     # 64 sampled RoIs at 25%: 16 slots that can hold positives.
     config.train.roi_batch_size_per_image = 64
     config.model.conv_impl = "cpu_matmul"  # what CPU runs ("auto"), on any backend
-    model = config_lib.build_model(config)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    detector = detector_lib.from_config(config)
+    params = detector.model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
     batch = _batch()
     results = {}
     for step in (0, 3):
@@ -56,7 +57,7 @@ def losses_and_grads():
         chosen = []
         fn = jax.jit(
             jax.value_and_grad(
-                functools.partial(train_step.training_loss, model, config), has_aux=True
+                functools.partial(train_step.training_loss, detector, config), has_aux=True
             )
         )
         original = slot_buckets._bucket_index

@@ -18,6 +18,7 @@ import pytest
 
 from experiments import tiny
 from msrcnn import config_lib, optim
+from msrcnn.models.build import build_model
 
 
 def _schedule_config(**train):
@@ -84,7 +85,7 @@ def _tiny(norm: str, freeze_at: int, **train):
 
 @functools.cache
 def _abstract_params(norm: str):
-    model = config_lib.build_model(_tiny(norm, 0))
+    model = build_model(_tiny(norm, 0))
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
     return variables["params"]
 

@@ -28,9 +28,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from msrcnn import checkpointing, config_lib, optim, sharding, trainer
+from msrcnn import checkpointing, optim, sharding, trainer
+from msrcnn import detector as detector_lib
 from msrcnn import train_step as train_step_lib
 from msrcnn.data import datasets
+from msrcnn.models.build import build_model
 from msrcnn.train_state import TrainState
 from tests.trainer_helpers import (
     FAST_COMPILE,
@@ -367,7 +369,8 @@ def plain_step(data_dir, two_steps):
     from the 2-step run instead of initialising the plain model (which would compile another
     init program)."""
     config = tiny_config(data_dir, "plain", skip_nonfinite=True)
-    model = config_lib.build_model(config)
+    detector = detector_lib.from_config(config)
+    model = detector.model
     abstract = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
     )
@@ -388,7 +391,7 @@ def plain_step(data_dir, two_steps):
     )
     state = jax.device_put(state, sharding.replicated(mesh))
     batch = sharding.global_batch(mesh, next(datasets.load(config).train_iterator()))
-    step_fn = jax.jit(functools.partial(train_step_lib.train_step, model, config, optimizer))
+    step_fn = jax.jit(functools.partial(train_step_lib.train_step, detector, config, optimizer))
     return model, state, batch, step_fn
 
 
@@ -469,7 +472,7 @@ def test_restore_into_different_model_names_fields(two_steps):
     workdir, config, _ = two_steps
     other = tiny_config(config.data.data_dir, "plain")
     other.model.fpn_channels = 16
-    model = config_lib.build_model(other)
+    model = build_model(other)
     optimizer = optim.make_optimizer(
         other,
         jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]),

@@ -13,7 +13,7 @@ Segm results carry no "bbox" key on purpose: pycocotools' `loadRes` then takes a
 area from its mask rather than its box, and COCOeval uses that area to decide which
 unmatched detections the small/medium/large rows ignore (detectron2 drops the key too).
 
-`batch_to_detections` turns `msrcnn.inference.detect` outputs of an evaluation batch
+`batch_to_detections` turns `msrcnn.detector.detect` outputs of an evaluation batch
 (padded, input pixels, 28x28 mask probabilities) into per-image `Detections` in original
 pixels with `msrcnn.predictor.outputs_to_detections`, as `Predictor.__call__` does.
 """

@@ -15,19 +15,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msrcnn import config_lib, inference
+from msrcnn import detector as detector_lib
 from msrcnn.evaluation import calibration, coco_eval, coco_format
-from msrcnn.train_step import normalize_images
+from msrcnn.ops.normalize import normalize_images
 
 
-def make_eval_fn(model, config):
+def make_eval_fn(detector, config):
     """uint8 batch -> detect() outputs, jitted once per padded input shape."""
-    cfg = config_lib.inference_config(config)
+    settings = detector_lib.inference_settings(config)
 
     @jax.jit
     def run(variables, images, image_hw):
         x = normalize_images(images, image_hw, config.data.pixel_mean, config.data.pixel_std)
-        return inference.detect(model, variables, x, image_hw, cfg)
+        return detector_lib.detect(detector, variables, x, image_hw, settings)
 
     return run
 
@@ -48,7 +48,7 @@ def _preview(batch, index: int, detections, config):
     return visualize.draw_detections(image, detections, names, score_threshold=0.5)
 
 
-def evaluate_variables(config, model, variables, data, num_previews: int = 4) -> dict:
+def evaluate_variables(config, detector, variables, data, num_previews: int = 4) -> dict:
     """Inference over `data.eval_batches()` and COCO evaluation.
 
     Returns:
@@ -56,7 +56,7 @@ def evaluate_variables(config, model, variables, data, num_previews: int = 4) ->
        'calibration_arrays': (predicted [N], true [N]) MaskIoU of every detection or None,
        'num_images': int, 'previews': overlays of the first `num_previews` images}.
     """
-    run = make_eval_fn(model, config)
+    run = make_eval_fn(detector, config)
     category_ids = data.category_ids
     coco_gt = coco_eval.load_ground_truth(data.coco_gt)
     pairs = calibration.CalibrationPairs()
@@ -77,7 +77,7 @@ def evaluate_variables(config, model, variables, data, num_previews: int = 4) ->
             rles = coco_format.encode_masks(detections.masks)
             for kind, entries in coco_format.image_results(image_id, detections, rles).items():
                 results[kind].extend(entries)
-            if model.mask_scoring:
+            if detector.mask_scoring:
                 pairs.add(coco_gt, image_id, detections, rles)
             num_images += 1
     if jax.process_count() > 1:
@@ -100,8 +100,8 @@ def evaluate_variables(config, model, variables, data, num_previews: int = 4) ->
             pairs.true.append(true)
             pairs.category_ids.append(cats)
     table = coco_eval.evaluate(coco_gt, results)
-    summary = pairs.summary() if model.mask_scoring else None
-    arrays = pairs.arrays()[:2] if model.mask_scoring else None
+    summary = pairs.summary() if detector.mask_scoring else None
+    arrays = pairs.arrays()[:2] if detector.mask_scoring else None
     return {
         "table": table,
         "calibration": summary,

@@ -2,8 +2,8 @@
 
 The module only holds parameters and runs layers; everything between the layers (anchors,
 proposals, RoIAlign, NMS, targets, losses, post-processing) is a pure function elsewhere, so
-the meta-architecture is a set of small methods that `msrcnn.inference` and the trainer compose
-under one jit:
+the meta-architecture is a set of small methods that `msrcnn.detector` composes (for the
+trainer, inference and the pipeline view) under one jit:
 
     model.apply(variables, images, method=MaskScoringRCNN.pyramid)         -> {'P2'..'P6'}
     model.apply(variables, pyramid, method=MaskScoringRCNN.rpn)           -> logits, deltas
@@ -51,7 +51,7 @@ class MaskScoringRCNN(nn.Module):
       conv_impl: how every convolution computes (`msrcnn.models.layers.Conv`): "xla" (XLA's
         own convolutions and gradients) or "cpu_matmul" (XLA:CPU workarounds,
         `msrcnn.ops.xla_cpu`); same parameters, and values up to float rounding. The config's
-        "auto" is resolved before the model is built (`config_lib.build_model`).
+        "auto" is resolved before the model is built (`msrcnn.models.build`).
     """
 
     num_classes: int

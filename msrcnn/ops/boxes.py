@@ -157,3 +157,9 @@ class BoxCoder:
         w = jnp.exp(dw) * ref[..., 2]
         h = jnp.exp(dh) * ref[..., 3]
         return jnp.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
+
+
+# The two parameterisations of Faster R-CNN: RPN deltas relative to anchors, box head deltas
+# relative to proposals (torchvision's and detectron2's weights).
+RPN_BOX_CODER = BoxCoder((1.0, 1.0, 1.0, 1.0))
+ROI_BOX_CODER = BoxCoder((10.0, 10.0, 5.0, 5.0))

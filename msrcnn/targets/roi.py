@@ -26,12 +26,12 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from msrcnn.ops.boxes import BoxCoder, pairwise_iou
+from msrcnn.ops.boxes import ROI_BOX_CODER, pairwise_iou
 from msrcnn.ops.sampling import sample_indices
+from msrcnn.ops.select import select_class
 from msrcnn.targets.matcher import Matcher
 
 __all__ = [
-    "ROI_BOX_CODER",
     "RoiSample",
     "mask_targets",
     "maskiou_targets",
@@ -40,7 +40,6 @@ __all__ = [
     "select_class_masks",
 ]
 
-ROI_BOX_CODER = BoxCoder((10.0, 10.0, 5.0, 5.0))
 
 # Floor of the MaskIoU ratio, as the official code's `max(ratio, 1e-10)`.
 _RATIO_EPS = 1e-10
@@ -195,11 +194,7 @@ def select_class_masks(mask_logits, classes):
     Class c reads channel c - 1 (the mask head has no background channel); class 0
     (background / padding) reads channel 0, which callers mask out.
     """
-    mask_logits = jnp.asarray(mask_logits)
-    num_classes = mask_logits.shape[-1]
-    channel = jnp.clip(jnp.asarray(classes, jnp.int32) - 1, 0, num_classes - 1)
-    channel = channel[..., None, None, None]  # [..., R, 1, 1, 1]
-    return jnp.take_along_axis(mask_logits, channel, axis=-1)[..., 0]
+    return select_class(mask_logits, jnp.asarray(classes, jnp.int32) - 1)
 
 
 def _crop_frame(lo, hi, gt_lo, scale):

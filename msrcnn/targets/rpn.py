@@ -25,13 +25,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from msrcnn.ops.boxes import BoxCoder, pairwise_iou
+from msrcnn.ops.boxes import RPN_BOX_CODER, pairwise_iou
 from msrcnn.ops.sampling import subsample_labels
 from msrcnn.targets.matcher import Matcher
 
-__all__ = ["RPN_BOX_CODER", "rpn_targets"]
-
-RPN_BOX_CODER = BoxCoder((1.0, 1.0, 1.0, 1.0))
+__all__ = ["rpn_targets"]
 
 
 def rpn_targets(

@@ -17,8 +17,6 @@ import numpy as np
 from msrcnn.ops import boxes as box_ops
 from msrcnn.ops import nms as nms_ops
 
-RPN_BOX_CODER = box_ops.BoxCoder((1.0, 1.0, 1.0, 1.0))
-
 
 def generate_proposals(
     anchors: Sequence[np.ndarray],
@@ -56,7 +54,7 @@ def generate_proposals(
         k = min(pre_nms_top_k, level_logits.shape[0])
         top_logits, top_idx = jax.lax.top_k(level_logits.astype(jnp.float32), k)
         top_anchors = jnp.asarray(level_anchors)[top_idx]
-        cand_boxes.append(RPN_BOX_CODER.decode(level_deltas[top_idx], top_anchors))
+        cand_boxes.append(box_ops.RPN_BOX_CODER.decode(level_deltas[top_idx], top_anchors))
         cand_logits.append(top_logits)
         cand_levels.append(jnp.full((k,), level, jnp.int32))
     boxes = jax.lax.stop_gradient(box_ops.clip_boxes(jnp.concatenate(cand_boxes), image_hw))
