@@ -11,7 +11,7 @@ being the difference:
     one image of --size, loss = mean of squares of every pyramid level (the gradient then
     reaches every trainable conv, as the detection losses do). Same weights on both sides
     (tests/seeded_weights.py). msrcnn: the model's `pyramid` under jit, frozen parameters as
-    constants (as msrcnn.train_step); torchvision: `_resnet_fpn_extractor(resnet50,
+    constants (as msrcnn.training.train_step); torchvision: `_resnet_fpn_extractor(resnet50,
     trainable_layers=3)`, forward under `torch.no_grad`.
   * `conv3x3 256 @ P2`: one 3x3 conv 256 -> 256 at stride 4 of --size (the FPN's P2 output
     conv and the RPN conv on P2, the largest convs of the step): forward, forward + kernel
@@ -66,10 +66,11 @@ def msrcnn_rows(height: int, width: int, runs: int) -> list[dict]:
     from flax import traverse_util
 
     from benchmarks.train_step import msrcnn_config
-    from msrcnn import convert, optim
+    from msrcnn import convert
     from msrcnn.models import layers
     from msrcnn.models.build import build_model
     from msrcnn.models.ms_rcnn import MaskScoringRCNN
+    from msrcnn.training import optim
 
     config = msrcnn_config(height, width, 1, "float32", False)
     model = build_model(config)

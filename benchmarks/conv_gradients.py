@@ -79,10 +79,10 @@ def pyramid_convs(height: int, width: int) -> list[tuple[ConvShape, int]]:
     from flax import traverse_util
 
     from benchmarks.train_step import msrcnn_config
-    from msrcnn import optim
     from msrcnn.models.build import build_model
     from msrcnn.models.layers import Conv
     from msrcnn.models.ms_rcnn import MaskScoringRCNN
+    from msrcnn.training import optim
 
     config = msrcnn_config(height, width, 1, "float32", False)
     model = build_model(config)

@@ -56,8 +56,8 @@ def fingerprint(case: str) -> dict[str, np.ndarray]:
     import jax
 
     from msrcnn import detector as detector_lib
-    from msrcnn import optim
-    from msrcnn import train_step as train_step_lib
+    from msrcnn.training import optim
+    from msrcnn.training import train_step as train_step_lib
 
     config, variables, batch = case_inputs(case)
     detector = detector_lib.from_config(config)

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from msrcnn import detector as detector_lib
-from msrcnn import optim, train_step
-from msrcnn.train_state import TrainState
+from msrcnn.training import optim, train_step
+from msrcnn.training.train_state import TrainState
 
 
 def load_config(path: str):

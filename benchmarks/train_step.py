@@ -113,10 +113,11 @@ def time_msrcnn(args, height, width) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from msrcnn import convert, optim
+    from msrcnn import convert
     from msrcnn import detector as detector_lib
-    from msrcnn import train_step as train_step_lib
-    from msrcnn.train_state import TrainState
+    from msrcnn.training import optim
+    from msrcnn.training import train_step as train_step_lib
+    from msrcnn.training.train_state import TrainState
 
     config = msrcnn_config(height, width, args.batch, args.dtype, not args.plain)
     for item in args.set:  # e.g. train.mask_rois_per_image=48, to measure one change

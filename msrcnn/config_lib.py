@@ -158,7 +158,7 @@ def base_config() -> ml_collections.ConfigDict:
             "max_instances": 100,
             "mask_size": 56,
             "maskiou_stop_gradient": False,
-            # Multiplies each named loss term (msrcnn.losses), e.g.
+            # Multiplies each named loss term (msrcnn.training.losses), e.g.
             # --config.train.loss_weights.loss_maskiou=0.5.
             "loss_weights": {
                 "loss_objectness": 1.0,

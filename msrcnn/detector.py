@@ -10,8 +10,9 @@ RoIAlign, box decoding, NMS). Every consumer calls the same stages:
     detector.box_head(variables, pyramid, rois)      -> class logits, class-specific deltas
     detector.mask_branch(variables, pyramid, rois, classes) -> mask logits, MaskIoU
 
-`detect` (inference), `msrcnn.train_step.training_loss` (training: these stages plus targets
-and losses) and the pipeline view of `python -m msrcnn.show pipeline` are compositions of them.
+`detect` (inference), `msrcnn.training.train_step.training_loss` (training: these stages
+plus targets and losses) and the pipeline view of `python -m msrcnn.show pipeline` are
+compositions of them.
 
 Mask scoring (Huang et al. 2019): mask_score = class score x predicted MaskIoU of the
 predicted class. Boxes keep the class score; only masks are ranked by the mask score.

@@ -44,7 +44,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The command's flags; defined only when run as a command, so that importing this module
-    (tests, `msrcnn.inspect`) does not clash with other commands' flags of the same name."""
+    (tests, `msrcnn.show`) does not clash with other commands' flags of the same name."""
     flags.DEFINE_string("workdir", None, "training directory (its latest checkpoint)")
     flags.DEFINE_string("checkpoint", None, "checkpoint directory (e.g. from convert)")
     flags.DEFINE_string("input", None, "comma-separated image files, globs or folders")

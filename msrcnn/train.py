@@ -13,7 +13,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from msrcnn import checkpointing, cli, trainer
+from msrcnn import checkpointing, cli
+from msrcnn.training import trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file", lock_config=True

@@ -14,7 +14,7 @@ import pytest
 
 from msrcnn import checkpointing
 from msrcnn.models.build import build_model
-from msrcnn.train_state import TrainState
+from msrcnn.training.train_state import TrainState
 from tests.trainer_helpers import tiny_config
 
 

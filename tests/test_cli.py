@@ -45,8 +45,8 @@ CASES = {
         ["msrcnn.evaluate", "--config=experiments/tiny.py", "--config.data.image_h=5"],
         "unknown config field --config.data.image_h; did you mean --config.data.image_hw?",
     ),
-    "inspect_missing_file": (
-        ["msrcnn.inspect", "data", "--config=nope.py", "--output_dir=OUT"],
+    "show_missing_file": (
+        ["msrcnn.show", "data", "--config=nope.py", "--output_dir=OUT"],
         "--config=nope.py: no config file 'nope.py'",
     ),
 }

@@ -14,11 +14,12 @@ import pytest
 from jax.extend.core import jaxprs_in_params
 
 from experiments import tiny
-from msrcnn import checkpointing, config_lib, optim, train_step
+from msrcnn import checkpointing, config_lib
 from msrcnn import detector as detector_lib
 from msrcnn.models.build import build_model, resolve_conv_impl
 from msrcnn.ops.xla_cpu import conv as xla_cpu_conv
-from msrcnn.train_state import TrainState
+from msrcnn.training import optim, train_step
+from msrcnn.training.train_state import TrainState
 
 # Tiny-model training: compile fast, share programs with the other modules (conftest).
 pytestmark = pytest.mark.usefixtures("fast_xla")

@@ -82,18 +82,16 @@ SCENARIOS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
             (),
         ),
         (
-            "python -m msrcnn.inspect data --config=experiments/shapes.py "
-            "--output_dir=/tmp/inspect",
+            "python -m msrcnn.show data --config=experiments/shapes.py --output_dir=/tmp/show",
             (*SHAPES_SMALL, "--num_images=2"),
         ),
         (
-            "python -m msrcnn.inspect pipeline --workdir=/tmp/msrcnn_shapes --input=image.png "
-            "--output_dir=/tmp/inspect",
+            "python -m msrcnn.show pipeline --workdir=/tmp/msrcnn_shapes --input=image.png "
+            "--output_dir=/tmp/show",
             (),
         ),
         (
-            "python -m msrcnn.inspect weights --workdir=/tmp/msrcnn_shapes "
-            "--output_dir=/tmp/inspect",
+            "python -m msrcnn.show weights --workdir=/tmp/msrcnn_shapes --output_dir=/tmp/show",
             (),
         ),
         # The tests' own config, at its documented settings (2 steps of a tiny model).
@@ -415,7 +413,7 @@ def test_scenario(scenario, tmp_path):
         run_documented(text, settings, root)
     if scenario == "shapes":
         assert (root / "tmp" / "predictions" / "a_splash.png").exists()
-        assert (root / "tmp" / "inspect").is_dir()
+        assert (root / "tmp" / "show").is_dir()
     if scenario == "export":
         assert (root / "tmp" / "msrcnn_tiny_saved_model" / "saved_model.pb").exists()
         assert (root / "tmp" / "maskrcnn_800.onnx").stat().st_size > 100e6

@@ -23,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msrcnn import config_lib, export, export_rewrite, predict, trainer
+from msrcnn import config_lib, export, export_rewrite, predict
 from msrcnn import predictor as predictor_lib
 from msrcnn.ops import masks as mask_ops
+from msrcnn.training import trainer
 from tests.trainer_helpers import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

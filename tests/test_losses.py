@@ -1,4 +1,4 @@
-"""Tests for msrcnn.losses: numpy references, torchvision golden values, empty / padded
+"""Tests for msrcnn.training.losses: numpy references, torchvision golden values, empty / padded
 batches (finite values and gradients), the assembled dict, jit once per shape."""
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msrcnn import losses
+from msrcnn.training import losses
 from tests.conftest import load_golden
 
 BETA = 1.0 / 9.0

@@ -10,9 +10,9 @@ import pytest
 
 from experiments import tiny
 from msrcnn import detector as detector_lib
-from msrcnn import train_step
 from msrcnn.ops import slot_buckets
 from msrcnn.ops.xla_cpu import conv
+from msrcnn.training import train_step
 
 # Tiny-model training: compile fast, share programs with the other modules (conftest).
 pytestmark = pytest.mark.usefixtures("fast_xla")

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from msrcnn import checkpointing, trainer
+from msrcnn import checkpointing
+from msrcnn.training import trainer
 from tests.trainer_helpers import tiny_config
 
 # Tiny-model training: compile fast, share programs with the other modules (conftest).

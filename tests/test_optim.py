@@ -1,4 +1,4 @@
-"""msrcnn/optim.py: the learning rate schedule, frozen parameters and the weight decay mask.
+"""msrcnn/training/optim.py: learning rate schedule, frozen parameters and weight decay mask.
 
 Parameter trees come from `jax.eval_shape` of the tiny model's init (no compilation) and are
 filled with random values, so every check is cheap.
@@ -17,8 +17,9 @@ import optax
 import pytest
 
 from experiments import tiny
-from msrcnn import config_lib, optim
+from msrcnn import config_lib
 from msrcnn.models.build import build_model
+from msrcnn.training import optim
 
 
 def _schedule_config(**train):

@@ -1,4 +1,4 @@
-"""predict / inspect / evaluation pictures on a tiny trained checkpoint: outputs exist, have
+"""predict / show / evaluation pictures on a tiny trained checkpoint: outputs exist, have
 the right sizes, decode, and the json loads into pycocotools."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from msrcnn import inspect as inspect_cli
-from msrcnn import predict, trainer, visualize
+from msrcnn import predict, show, visualize
 from msrcnn.evaluation import runner
+from msrcnn.training import trainer
 from tests.data import instance_fixtures as fx
 from tests.trainer_helpers import tiny_config
 
@@ -117,13 +117,13 @@ def test_predict_video_keeps_frame_count(predictor, tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_and_inspect_commands(trained, tmp_path):
+def test_predict_and_show_commands(trained, tmp_path):
     root, _, _ = trained
     Image.fromarray(fx.random_image(4, (64, 64))).save(tmp_path / "x.png")
     run = str(root / "run")
     for args in (
         ["msrcnn.predict", f"--workdir={run}", f"--input={tmp_path / 'x.png'}"],
-        ["msrcnn.inspect", "weights", f"--workdir={run}"],
+        ["msrcnn.show", "weights", f"--workdir={run}"],
     ):
         cmd = [sys.executable, "-m", *args, f"--output_dir={tmp_path / 'o'}"]
         out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -132,21 +132,21 @@ def test_predict_and_inspect_commands(trained, tmp_path):
     assert (tmp_path / "o" / "weights.png").exists()
 
 
-def test_inspect_commands(trained, predictor, tmp_path):
+def test_show_commands(trained, predictor, tmp_path):
     _, config, _ = trained
-    written = inspect_cli.inspect_data(config, str(tmp_path), "train", 2)
+    written = show.show_data(config, str(tmp_path), "train", 2)
     assert [os.path.basename(p) for p in written] == ["data_0.png", "data_1.png", "anchors.png"]
     assert _decode(written[0]).shape == (64, 64, 3)
     Image.fromarray(fx.random_image(5, (64, 80))).save(tmp_path / "img.png")
-    panel = inspect_cli.inspect_pipeline(predictor, str(tmp_path / "img.png"), str(tmp_path))
+    panel = show.show_pipeline(predictor, str(tmp_path / "img.png"), str(tmp_path))
     assert _decode(panel).ndim == 3
-    json_path, png = inspect_cli.inspect_weights(predictor, str(tmp_path))
+    json_path, png = show.show_weights(predictor, str(tmp_path))
     rows = json.loads(pathlib.Path(json_path).read_text())
     assert _decode(png).ndim == 3
     assert all(r["non_finite"] == 0 for r in rows)
     # A dead and a broken layer are flagged.
     params = {"a": {"kernel": np.zeros((3, 3))}, "b": {"kernel": np.array([1.0, np.nan])}}
-    flags_of = {r["name"]: r["flags"] for r in inspect_cli.weight_statistics(params)}
+    flags_of = {r["name"]: r["flags"] for r in show.weight_statistics(params)}
     assert flags_of == {"a/kernel": ["ALL ZERO"], "b/kernel": ["NON-FINITE"]}
 
 

@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from msrcnn import trainer
 from msrcnn.data import datasets
 from msrcnn.data.tiny_coco import CATEGORY_IDS, write_tiny_coco
+from msrcnn.training import trainer
 from tests.data import instance_fixtures as fx
 from tests.trainer_helpers import tiny_config
 

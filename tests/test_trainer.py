@@ -28,12 +28,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from msrcnn import checkpointing, optim, sharding, trainer
+from msrcnn import checkpointing, sharding
 from msrcnn import detector as detector_lib
-from msrcnn import train_step as train_step_lib
 from msrcnn.data import datasets
 from msrcnn.models.build import build_model
-from msrcnn.train_state import TrainState
+from msrcnn.training import optim, trainer
+from msrcnn.training import train_step as train_step_lib
+from msrcnn.training.train_state import TrainState
 from tests.trainer_helpers import (
     FAST_COMPILE,
     LOSS_TERMS,

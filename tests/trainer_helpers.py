@@ -109,7 +109,8 @@ def _sharded_worker(data_dir: str, workdir: str, out_path: str, fast_compile: bo
         jax.config.update("jax_disable_most_optimizations", True)
     import numpy as np
 
-    from msrcnn import checkpointing, sharding, trainer
+    from msrcnn import checkpointing, sharding
+    from msrcnn.training import trainer
 
     assert jax.device_count() == 2, jax.devices()
     shard_shapes = []

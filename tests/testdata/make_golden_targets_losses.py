@@ -1,4 +1,5 @@
-"""Golden values for msrcnn.targets.rpn, msrcnn.targets.roi and msrcnn.losses from torchvision.
+"""Golden values for msrcnn.targets.rpn, msrcnn.targets.roi and msrcnn.training.losses from
+torchvision.
 
 Run in the reference venv (torch 2.13, torchvision 0.28; see DESIGN.md's field notes):
     /work/tvenv/bin/python tests/testdata/make_golden_targets_losses.py

@@ -21,11 +21,12 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from msrcnn import checkpointing, optim, sharding
+from msrcnn import checkpointing, sharding
 from msrcnn import detector as detector_lib
-from msrcnn import train_step as train_step_lib
 from msrcnn.data import datasets
-from msrcnn.train_state import TrainState
+from msrcnn.training import optim
+from msrcnn.training import train_step as train_step_lib
+from msrcnn.training.train_state import TrainState
 
 
 def init_state(model, config, optimizer, mesh, image_hw) -> TrainState:

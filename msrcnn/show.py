@@ -1,10 +1,10 @@
-"""`python -m msrcnn.inspect`: look inside the data, the model's stages and the weights (PNGs).
+"""`python -m msrcnn.show`: look inside the data, the model's stages and the weights (PNGs).
 
-    python -m msrcnn.inspect data --config=experiments/shapes.py --output_dir=/tmp/inspect
+    python -m msrcnn.show data --config=experiments/shapes.py --output_dir=/tmp/show
         [--split=train] [--num_images=4]
-    python -m msrcnn.inspect pipeline --workdir=/tmp/msrcnn_shapes --input=image.png
-        --output_dir=/tmp/inspect
-    python -m msrcnn.inspect weights --workdir=/tmp/msrcnn_shapes --output_dir=/tmp/inspect
+    python -m msrcnn.show pipeline --workdir=/tmp/msrcnn_shapes --input=image.png
+        --output_dir=/tmp/show
+    python -m msrcnn.show weights --workdir=/tmp/msrcnn_shapes --output_dir=/tmp/show
 
 data:      data_K.png, the first images of a split with their ground-truth masks and boxes as
            the pipeline delivers them (resized and padded, crowd regions left out), and
@@ -73,7 +73,7 @@ class _Boxes:
 # ----------------------------------------------------------------------------- data
 
 
-def inspect_data(config, output_dir: str, split: str, num_images: int) -> list[str]:
+def show_data(config, output_dir: str, split: str, num_images: int) -> list[str]:
     from msrcnn.data import datasets
 
     data = datasets.load(config)
@@ -203,7 +203,7 @@ def pipeline_stages(predictor, image: np.ndarray) -> dict[str, np.ndarray]:
     return stages
 
 
-def inspect_pipeline(predictor, path: str, output_dir: str) -> str:
+def show_pipeline(predictor, path: str, output_dir: str) -> str:
     loaded = read_image(path, BadInputPolicy())
     image = loaded.pixels
     names = class_names_of(predictor.config)
@@ -278,7 +278,7 @@ def weight_statistics(params) -> list[dict]:
     return rows
 
 
-def inspect_weights(predictor, output_dir: str) -> list[str]:
+def show_weights(predictor, output_dir: str) -> list[str]:
     rows = weight_statistics(predictor.variables["params"])
     json_path = os.path.join(output_dir, "weights.json")
     with open(json_path, "w") as f:
@@ -322,7 +322,7 @@ def inspect_weights(predictor, output_dir: str) -> list[str]:
 
 def main(argv) -> None:
     if len(argv) != 2 or argv[1] not in ("data", "pipeline", "weights"):
-        raise app.UsageError("usage: python -m msrcnn.inspect {data|pipeline|weights} --flags")
+        raise app.UsageError("usage: python -m msrcnn.show {data|pipeline|weights} --flags")
     if not FLAGS.output_dir:
         raise app.UsageError("--output_dir is required")
     os.makedirs(FLAGS.output_dir, exist_ok=True)
@@ -330,15 +330,15 @@ def main(argv) -> None:
     if command == "data":
         if FLAGS.config is None:
             raise app.UsageError("`data` needs --config")
-        written = inspect_data(FLAGS.config, FLAGS.output_dir, FLAGS.split, FLAGS.num_images)
+        written = show_data(FLAGS.config, FLAGS.output_dir, FLAGS.split, FLAGS.num_images)
     else:
         predictor = load_predictor(FLAGS.workdir, FLAGS.checkpoint)
         if command == "pipeline":
             if not FLAGS.input:
                 raise app.UsageError("`pipeline` needs --input=IMAGE")
-            written = [inspect_pipeline(predictor, FLAGS.input, FLAGS.output_dir)]
+            written = [show_pipeline(predictor, FLAGS.input, FLAGS.output_dir)]
         else:
-            written = inspect_weights(predictor, FLAGS.output_dir)
+            written = show_weights(predictor, FLAGS.output_dir)
     for path in written:
         print(path)
 

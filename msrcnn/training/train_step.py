@@ -16,13 +16,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from msrcnn import losses, optim
 from msrcnn.detector import Detector, proposal_settings
 from msrcnn.ops import slot_buckets
 from msrcnn.ops.normalize import normalize_images
 from msrcnn.targets import roi as roi_targets
 from msrcnn.targets import rpn as rpn_targets
-from msrcnn.train_state import TrainState
+from msrcnn.training import losses, optim
+from msrcnn.training.train_state import TrainState
 
 # Parameters the mask branch reads (the MaskIoU head's only with mask scoring).
 MASK_BRANCH_PARAMS = ("mask_head", "maskiou_head")
