@@ -16,6 +16,7 @@ import pytest
 
 from msrcnn import checkpointing, config_lib
 from msrcnn.label_map import LabelMap
+from msrcnn.predictor import Predictor
 from msrcnn.train_state import TrainState
 from tests.trainer_helpers import tiny_config
 
@@ -227,6 +228,17 @@ def test_checkpoint_without_labels_takes_the_configs(tmp_path):
         variables, _, labels = checkpointing.load_checkpoint(str(directory))
         assert labels == expected
         assert "box_head" in variables["params"]
+        predictor = Predictor.from_checkpoint(str(directory))
+        assert predictor.labels == expected
+        assert list(predictor.category_ids) == list(expected.category_ids)
+
+
+def test_predictor_labels_default_to_the_config_unless_given():
+    config = tiny_config("")
+    variables = {"params": _params(4)}
+    assert Predictor(config, variables).labels == LabelMap.of_config(config)
+    given = LabelMap(("a", "b", "c", "d"), (4, 5, 6, 7))
+    assert Predictor(config, variables, given).labels == given
 
 
 def test_label_map_json_round_trip_and_checks():
