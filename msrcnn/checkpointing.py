@@ -1,7 +1,10 @@
 """Checkpoints on disk: orbax CheckpointManager directories holding variables and the config.
 
-Layout: DIR/<step>/{variables, config}; `variables` is the Flax variables pytree (at least
-`params`), `config` the ConfigDict as JSON so that a checkpoint rebuilds its own model.
+Layout: DIR/<step>/{variables, config, labels}; `variables` is the Flax variables pytree (at
+least `params`), `config` the ConfigDict as JSON so that a checkpoint rebuilds its own model,
+`labels` the `LabelMap` as JSON (class names and dataset category ids). A step without
+`labels` (written before it was stored, or by a converter that has none) takes the config's
+(`LabelMap.of_config`).
 """
 
 from __future__ import annotations
@@ -19,27 +22,51 @@ import orbax.checkpoint as ocp
 
 from msrcnn import config_lib
 from msrcnn.errors import ConfigError, MissingInputError
+from msrcnn.label_map import LabelMap, given_or_config
 from msrcnn.sharding import allgather_json
+
+LABELS = "labels"  # the item holding the label map
 
 
 def _manager(directory: str, create: bool) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(create=create)
     return ocp.CheckpointManager(
-        os.path.abspath(directory), item_names=("variables", "config"), options=options
+        os.path.abspath(directory), item_names=("variables", "config", LABELS), options=options
     )
 
 
-def save_variables(directory: str, variables, config: ml_collections.ConfigDict, step: int = 0):
-    """Writes `variables` and `config` as step `step` of a checkpoint directory."""
+def save_variables(
+    directory: str,
+    variables,
+    config: ml_collections.ConfigDict,
+    step: int = 0,
+    labels: LabelMap | None = None,
+):
+    """Writes `variables`, `config` and `labels` (default: the config's, `LabelMap.of_config`)
+    as step `step` of a checkpoint directory."""
+    labels = given_or_config(labels, config)
     with _manager(directory, create=True) as manager:
         manager.save(
             step,
             args=ocp.args.Composite(
                 variables=ocp.args.StandardSave(variables),
                 config=ocp.args.JsonSave(json.loads(config.to_json())),
+                labels=ocp.args.JsonSave(labels.to_json()),
             ),
         )
         manager.wait_until_finished()
+
+
+def _step_dir(manager: ocp.CheckpointManager, step: int) -> str:
+    return os.path.join(str(manager.directory), str(step))
+
+
+def _restore_with_labels(manager: ocp.CheckpointManager, step: int, **items) -> dict:
+    """`manager.restore` of `items`, with the step's label map JSON under LABELS where the
+    step has one (restoring an item a step lacks is an error)."""
+    if os.path.isdir(os.path.join(_step_dir(manager, step), LABELS)):
+        items[LABELS] = ocp.args.JsonRestore()
+    return dict(manager.restore(step, args=ocp.args.Composite(**items)))
 
 
 def _single_device_target(step_dir: str):
@@ -51,8 +78,9 @@ def _single_device_target(step_dir: str):
     return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
 
 
-def load_variables(directory: str, step: int | None = None):
-    """-> (variables, config) of `step` (default: the latest) in a checkpoint directory."""
+def load_checkpoint(directory: str, step: int | None = None):
+    """-> (variables, config, labels) of `step` (default: the latest) in a checkpoint
+    directory; `labels` is the config's (`LabelMap.of_config`) where the step has none."""
     if not os.path.isdir(directory):
         raise MissingInputError(f"no checkpoint directory {directory!r}")
     with _manager(directory, create=False) as manager:
@@ -61,16 +89,25 @@ def load_variables(directory: str, step: int | None = None):
             raise MissingInputError(f"{directory!r} holds no checkpoint steps")
         # Restore onto this process's first device whatever devices wrote the checkpoint
         # (several GPUs, several hosts): a target of shapes and dtypes with that sharding.
-        target = _single_device_target(os.path.join(str(manager.directory), str(step)))
-        restored = manager.restore(
+        target = _single_device_target(_step_dir(manager, step))
+        restored = _restore_with_labels(
+            manager,
             step,
-            args=ocp.args.Composite(
-                variables=ocp.args.StandardRestore(target), config=ocp.args.JsonRestore()
-            ),
+            variables=ocp.args.StandardRestore(target),
+            config=ocp.args.JsonRestore(),
         )
-    return restored["variables"], ml_collections.ConfigDict(
-        config_lib.upgrade_stored(restored["config"])
-    )
+    config = ml_collections.ConfigDict(config_lib.upgrade_stored(restored["config"]))
+    if LABELS in restored:
+        labels = LabelMap.from_json(restored[LABELS])
+    else:
+        labels = LabelMap.of_config(config)
+    return restored["variables"], config, labels
+
+
+def load_variables(directory: str, step: int | None = None):
+    """-> (variables, config) of `step` (default: the latest) in a checkpoint directory."""
+    variables, config, _ = load_checkpoint(directory, step)
+    return variables, config
 
 
 def flat_names(tree) -> dict[str, object]:
@@ -191,10 +228,19 @@ _RESUME_SETTINGS = (
     "train.allow_config_change",
     *(f"model.{k}" for k in config_lib.COMPUTE_ONLY_MODEL_SETTINGS),
 )
+# Before the label map was an item of its own, the trainer wrote the dataset's into these.
+_LABEL_SETTINGS = ("data.class_names", "data.category_ids")
 
 
-def check_config_drift(stored: dict, config: ml_collections.ConfigDict, where: str) -> list[str]:
-    """Compares a checkpoint's config with the run's; -> the differences ('key: old -> new').
+def check_config_drift(
+    stored: dict,
+    config: ml_collections.ConfigDict,
+    where: str,
+    stored_labels: LabelMap | None = None,
+    labels: LabelMap | None = None,
+) -> list[str]:
+    """Compares a checkpoint's config (and label map) with the run's; -> the differences
+    ('key: old -> new').
 
     A different model is always an error naming the fields (orbax would restore what fits
     and leave the rest silently). Any other difference (data, schedule, steps) is an error
@@ -202,9 +248,22 @@ def check_config_drift(stored: dict, config: ml_collections.ConfigDict, where: s
     typo in a resumed command must not quietly turn it into another. A setting the checkpoint
     does not know (added to msrcnn after it was written) counts only if the run changed it
     from its default.
+
+    The label maps, where both are given, compare as `labels.class_names` and
+    `labels.category_ids`: a dataset whose classes changed is a different experiment too.
+    `data.class_names` and `data.category_ids` that the run leaves empty do not count: the
+    trainer once wrote the dataset's labels there (derived, not chosen), and the label maps
+    compare those.
     """
     old = traverse_util.flatten_dict(stored, sep=".")
     new = traverse_util.flatten_dict(json.loads(config.to_json()), sep=".")
+    for key in _LABEL_SETTINGS:
+        if not new.get(key):
+            old.pop(key, None)
+            new.pop(key, None)
+    if stored_labels is not None and labels is not None:
+        old.update({f"labels.{k}": v for k, v in stored_labels.to_json().items()})
+        new.update({f"labels.{k}": v for k, v in labels.to_json().items()})
     defaults = traverse_util.flatten_dict(json.loads(config_lib.base_config().to_json()), sep=".")
     newer_setting_at_default = lambda k: (
         k not in old and k in defaults and new.get(k) == defaults[k]
@@ -236,6 +295,15 @@ def check_config_drift(stored: dict, config: ml_collections.ConfigDict, where: s
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing]
 
 
+def _stored_labels(stored: dict) -> LabelMap | None:
+    """A training step's label map: its `labels` item, else (written before there was one)
+    the labels its config recorded, else None."""
+    if LABELS in stored:
+        return LabelMap.from_json(stored[LABELS])
+    config = ml_collections.ConfigDict(stored["config"])
+    return LabelMap.of_config(config) if LabelMap.set_in(config) else None
+
+
 def _place_like(value, target):
     """`value` on `target`'s devices with its sharding (as is where `target` has none)."""
     placement = getattr(target, "sharding", None)
@@ -245,16 +313,20 @@ def _place_like(value, target):
 
 
 class TrainCheckpointer:
-    """Training checkpoints: variables, optimizer state, data iterator position and config.
+    """Training checkpoints: variables, optimizer state, data iterator position, config and
+    label map (`labels`, default the config's: `LabelMap.of_config`).
 
-    The `variables` and `config` items have the same layout as `save_variables`, so a
-    training directory's checkpoints load directly into `Predictor.from_checkpoint`. Saving
+    The `variables`, `config` and `labels` items have the same layout as `save_variables`, so
+    a training directory's checkpoints load directly into `Predictor.from_checkpoint`. Saving
     is asynchronous (orbax writes to a temporary directory and renames it when complete, so
     a crash never leaves a half-written step that looks complete).
     """
 
-    def __init__(self, directory: str, config: ml_collections.ConfigDict):
+    def __init__(
+        self, directory: str, config: ml_collections.ConfigDict, labels: LabelMap | None = None
+    ):
         self.config = config
+        self.labels = given_or_config(labels, config)
         # Orbax writes each step into a temporary directory and renames it when complete;
         # cleanup_tmp_directories removes what a killed process left half-written.
         options = ocp.CheckpointManagerOptions(
@@ -262,7 +334,7 @@ class TrainCheckpointer:
         )
         self.manager = ocp.CheckpointManager(
             os.path.abspath(directory),
-            item_names=("variables", "opt_state", "data", "config"),
+            item_names=("variables", "opt_state", "data", "config", LABELS),
             options=options,
         )
         self.changed_settings: list[str] = []  # accepted by the last restore_latest
@@ -282,6 +354,7 @@ class TrainCheckpointer:
                         {"per_process": allgather_json(_iterator_state_to_json(iterator_state))}
                     ),
                     config=ocp.args.JsonSave(json.loads(self.config.to_json())),
+                    labels=ocp.args.JsonSave(self.labels.to_json()),
                 ),
             )
         except Exception as error:  # re-raised, clearer when the disk is full
@@ -321,17 +394,19 @@ class TrainCheckpointer:
         """-> (state, iterator_state) from the latest step, or None if there is none. Every
         leaf of the state is placed as in `target_state` (its shardings, where it has them).
 
-        Raises ValueError if the stored config differs from the current one (see
-        `check_config_drift`); `self.changed_settings` lists the accepted differences.
+        Raises ValueError if the stored config or label map differs from the current one
+        (see `check_config_drift`); `self.changed_settings` lists the accepted differences.
         """
         step = self.manager.latest_step()
         if step is None:
             return None
-        stored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        stored = _restore_with_labels(self.manager, step, config=ocp.args.JsonRestore())
         self.changed_settings = check_config_drift(
             config_lib.upgrade_stored(stored["config"]),
             self.config,
             f"{self.manager.directory} (step {step})",
+            stored_labels=_stored_labels(stored),
+            labels=self.labels,
         )
         restored = self.manager.restore(
             step,

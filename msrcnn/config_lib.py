@@ -118,8 +118,10 @@ def base_config() -> ml_collections.ConfigDict:
             "size_divisibility": 32,
             "pixel_mean": IMAGENET_MEAN,
             "pixel_std": IMAGENET_STD,
-            # Dataset category id of each model class 1..K (index 0 is background). An empty
-            # list means ids are the model's own 1..K.
+            # Dataset category id and name of each model class 1..K (index 0 is background),
+            # for variables without a label map of their own (`msrcnn.label_map`): converted
+            # weights, old checkpoints. Training never fills them in: its checkpoints carry
+            # the dataset's. Empty: ids are the model's own 1..K, names "class k".
             "category_ids": (),
             "class_names": (),
         }

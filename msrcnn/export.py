@@ -56,6 +56,7 @@ import numpy as np
 from msrcnn import detector as detector_lib
 from msrcnn import export_rewrite
 from msrcnn import predictor as predictor_lib
+from msrcnn.label_map import LabelMap, given_or_config
 
 FORMATS = ("onnx", "stablehlo", "saved_model")
 INPUT_NAME = "images"
@@ -74,15 +75,18 @@ def output_names(paste_masks: bool = True) -> tuple[str, ...]:
     return OUTPUT_NAMES if paste_masks else UNPASTED_OUTPUT_NAMES
 
 
-def serving_fn(config, image_hw: tuple[int, int], paste_masks: bool = True):
+def serving_fn(
+    config, image_hw: tuple[int, int], paste_masks: bool = True, labels: LabelMap | None = None
+):
     """fn(variables, images uint8 [N, H, W, 3]) -> tuple of `output_names(paste_masks)`.
 
     Pure and traceable: preprocessing, `detect` and the paste are the functions `Predictor`
     runs, so an image of size `image_hw` gives `Predictor`'s detections (padded to D slots).
+    `labels` gives the category ids of the `labels` output (default: the config's).
     """
     detector = detector_lib.from_config(config)
     settings = detector_lib.inference_settings(config)
-    category_ids = predictor_lib.category_ids_of(config)
+    category_ids = given_or_config(labels, config).category_ids
     threshold = float(config.inference.mask_threshold)
     image_hw = tuple(int(s) for s in image_hw)
 
@@ -358,15 +362,17 @@ def export(
     batch: int = 1,
     paste_masks: bool = True,
     platforms: tuple[str, ...] = ("cpu",),
+    labels: LabelMap | None = None,
 ) -> str:
-    """Writes the detector for `batch` images of `image_hw` (default data.image_hw) as `fmt`."""
+    """Writes the detector for `batch` images of `image_hw` (default data.image_hw) as `fmt`;
+    its `labels` output holds `labels`' category ids (default: the config's)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     image_hw = tuple(image_hw or config.data.image_hw)
     # Export computes in float32 whatever the checkpoint trained in ('auto' is bf16 on GPU).
     config = config.copy_and_resolve_references()
     config.model.dtype = "float32"
-    serve = serving_fn(config, image_hw, paste_masks)
+    serve = serving_fn(config, image_hw, paste_masks, labels)
     spec = input_spec(batch, image_hw)
     names = output_names(paste_masks)
     variables = jax.tree.map(jnp.asarray, variables)
@@ -401,6 +407,7 @@ def main(argv) -> None:
         batch=flags_.batch,
         paste_masks=flags_.paste_masks,
         platforms=tuple(flags_.platforms),
+        labels=predictor.labels,
     )
     hw = image_hw or tuple(predictor.config.data.image_hw)
     print(f"{flags_.format}: images uint8 [{flags_.batch}, {hw[0]}, {hw[1]}, 3] -> {path}")

@@ -87,11 +87,6 @@ def load_predictor(workdir: str | None, checkpoint: str | None):
     return Predictor.from_checkpoint(directory)
 
 
-def class_names_of(config) -> list[str]:
-    names = list(config.data.class_names)
-    return names if names else [f"class {k}" for k in range(1, config.model.num_classes + 1)]
-
-
 def _save_png(path: str, pixels: np.ndarray) -> None:
     Image.fromarray(pixels).save(path, format="PNG")
 
@@ -133,7 +128,7 @@ def _unique_stem(path: str, used: set[str]) -> str:
 
 def predict_images(predictor, paths, out_dir, threshold, splash, masks) -> dict:
     """Runs on every path; returns a summary {'images', 'detections', 'skipped'}."""
-    names = class_names_of(predictor.config)
+    names = predictor.labels.class_names
     policy = BadInputPolicy(skip=True)
     results, images, used = [], [], set()
     for path in tqdm.tqdm(paths, desc="predict", unit="image", disable=len(paths) < 2):
@@ -174,7 +169,7 @@ def predict_video(predictor, path, out_dir, threshold, splash) -> dict:
         raise SystemExit(
             "--video needs imageio and imageio-ffmpeg: pip install msrcnn[video]"
         ) from e
-    names = class_names_of(predictor.config)
+    names = predictor.labels.class_names
     try:
         reader = imageio.get_reader(path, format="FFMPEG")
         fps = float(reader.get_meta_data().get("fps", 25.0))

@@ -22,6 +22,7 @@ import numpy as np
 
 from msrcnn import checkpointing
 from msrcnn import detector as detector_lib
+from msrcnn.label_map import LabelMap, given_or_config
 from msrcnn.ops import masks as mask_ops
 
 
@@ -210,20 +211,19 @@ def outputs_to_detections(
     )
 
 
-def category_ids_of(config: ml_collections.ConfigDict) -> np.ndarray:
-    """The dataset category id of each model class 1..K (the model's own ids if unset)."""
-    ids = list(config.data.category_ids)
-    return np.asarray(ids if ids else range(1, config.model.num_classes + 1))
-
-
 class Predictor:
     """Runs a detector on single images.
 
     predictor = Predictor(config, variables)     # or Predictor.from_checkpoint(directory)
     detections = predictor(image)                # uint8 RGB [H, W, 3]
+
+    `labels` names the classes and maps them to dataset category ids: the checkpoint's with
+    `from_checkpoint`, else the config's (`LabelMap.of_config`) unless given.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, variables):
+    def __init__(
+        self, config: ml_collections.ConfigDict, variables, labels: LabelMap | None = None
+    ):
         self.config = config
         self.detector = detector_lib.from_config(config)
         self.model = self.detector.model
@@ -231,12 +231,13 @@ class Predictor:
         self._detect = detector_lib.make_detect_fn(
             self.detector, detector_lib.inference_settings(config)
         )
-        self.category_ids = category_ids_of(config)
+        self.labels = given_or_config(labels, config)
+        self.category_ids = np.asarray(self.labels.category_ids)
 
     @classmethod
     def from_checkpoint(cls, directory: str, step: int | None = None) -> Predictor:
-        variables, config = checkpointing.load_variables(directory, step)
-        return cls(config, variables)
+        variables, config, labels = checkpointing.load_checkpoint(directory, step)
+        return cls(config, variables, labels)
 
     def raw(self, image: np.ndarray):
         """Network-level outputs for one image: (detect() dict for batch 1, resized (h, w))."""

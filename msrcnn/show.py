@@ -36,7 +36,7 @@ from msrcnn import cli, visualize
 from msrcnn.data.bad_input import BadInputPolicy
 from msrcnn.data.image_io import read_image
 from msrcnn.evaluation.plots import pyplot
-from msrcnn.predict import class_names_of, load_predictor
+from msrcnn.predict import load_predictor
 
 FLAGS = flags.FLAGS
 
@@ -206,7 +206,7 @@ def pipeline_stages(predictor, image: np.ndarray) -> dict[str, np.ndarray]:
 def show_pipeline(predictor, path: str, output_dir: str) -> str:
     loaded = read_image(path, BadInputPolicy())
     image = loaded.pixels
-    names = class_names_of(predictor.config)
+    names = predictor.labels.class_names
     stages = pipeline_stages(predictor, image)
     final = predictor(image)
     panels = [

@@ -1,6 +1,7 @@
 """What restoring refuses and how a full disk is reported, on small hand-made checkpoints
 (no model is compiled): init checkpoints that do not fit, explicit re-initialisation, a
-workdir written by another config, and a save that runs out of space."""
+workdir written by another config or for other labels, and a save that runs out of space;
+and the label map that checkpoints carry (or, written before it was stored, fall back on)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from msrcnn import checkpointing
+from msrcnn.label_map import LabelMap
 from msrcnn.models.build import build_model
+from msrcnn.predictor import Predictor
 from msrcnn.training.train_state import TrainState
 from tests.trainer_helpers import tiny_config
 
@@ -184,3 +188,142 @@ def test_other_save_errors_pass_through_unchanged(tmp_path, monkeypatch):
     with pytest.raises(PermissionError):
         ckpt.save(1, _small_state(1.0), {"position": 1})
     ckpt.close()
+
+
+LABELS = LabelMap(("cat", "dog", "bird", "fish"), (17, 2, 5, 40))
+
+
+def test_saved_variables_carry_their_label_map(tmp_path):
+    directory = str(tmp_path / "ckpt")
+    config = tiny_config("")
+    checkpointing.save_variables(directory, {"params": _params(4)}, config, labels=LABELS)
+    _, stored, labels = checkpointing.load_checkpoint(directory)
+    assert labels == LABELS
+    assert json.loads(stored.to_json()) == json.loads(config.to_json())  # config untouched
+
+
+def _write_old_layout(directory, items: dict, step: int = 0) -> None:
+    """A step as msrcnn wrote it before the label map was stored: no `labels` item."""
+    with ocp.CheckpointManager(str(directory), item_names=tuple(items)) as manager:
+        manager.save(step, args=ocp.args.Composite(**items))
+        manager.wait_until_finished()
+
+
+def test_checkpoint_without_labels_takes_the_configs(tmp_path):
+    """Older checkpoints and converted weights: the config's data.class_names and
+    data.category_ids (convert's COCO ids, say), else "class k" and ids 1..K."""
+    named = tiny_config("")
+    named.data.class_names = LABELS.class_names
+    named.data.category_ids = LABELS.category_ids
+    unnamed = LabelMap(("class 1", "class 2", "class 3", "class 4"), (1, 2, 3, 4))
+    for k, (config, expected) in enumerate(((named, LABELS), (tiny_config(""), unnamed))):
+        directory = tmp_path / f"ckpt_{k}"
+        _write_old_layout(
+            directory,
+            {
+                "variables": ocp.args.StandardSave({"params": _params(4)}),
+                "config": ocp.args.JsonSave(json.loads(config.to_json())),
+            },
+        )
+        assert not (directory / "0" / "labels").exists()
+        variables, _, labels = checkpointing.load_checkpoint(str(directory))
+        assert labels == expected
+        assert "box_head" in variables["params"]
+        predictor = Predictor.from_checkpoint(str(directory))
+        assert predictor.labels == expected
+        assert list(predictor.category_ids) == list(expected.category_ids)
+
+
+def test_predictor_labels_default_to_the_config_unless_given():
+    config = tiny_config("")
+    variables = {"params": _params(4)}
+    assert Predictor(config, variables).labels == LabelMap.of_config(config)
+    given = LabelMap(("a", "b", "c", "d"), (4, 5, 6, 7))
+    assert Predictor(config, variables, given).labels == given
+
+
+def test_label_map_json_round_trip_and_checks():
+    assert LabelMap.from_json(json.loads(json.dumps(LABELS.to_json()))) == LABELS
+    assert LabelMap(["a"], [np.int64(3)]).category_ids == (3,)
+    with pytest.raises(ValueError, match="2 class names"):
+        LabelMap(("a", "b"), (1,))
+    config = tiny_config("")
+    config.data.class_names = ("x", "y")  # names alone: ids 1..2
+    assert LabelMap.of_config(config) == LabelMap(("x", "y"), (1, 2))
+
+
+def test_drift_ignores_label_fields_the_old_trainer_filled_in():
+    """Before the label map was an item the trainer wrote the dataset's labels into
+    data.class_names / data.category_ids: a run that leaves them empty resumes such a
+    workdir; a run that sets them (an input) still counts as different."""
+    stored = _stored(tiny_config("/data"))
+    stored["data"]["class_names"] = ["circle", "square", "triangle"]
+    stored["data"]["category_ids"] = [1, 2, 3]
+    assert checkpointing.check_config_drift(stored, tiny_config("/data"), "W") == []
+    chosen = tiny_config("/data")
+    chosen.data.category_ids = (1, 2, 4)
+    with pytest.raises(ValueError, match=r"data.category_ids: checkpoint \[1, 2, 3\] vs config"):
+        checkpointing.check_config_drift(stored, chosen, "W")
+
+
+def _old_training_step(directory, config, labels: LabelMap | None) -> None:
+    """A training step as the trainer wrote it before the label map was an item: the
+    dataset's labels in the stored config's data fields."""
+    stored = _stored(config)
+    if labels is not None:
+        stored["data"]["class_names"] = list(labels.class_names)
+        stored["data"]["category_ids"] = list(labels.category_ids)
+    state = _small_state(2.0)
+    _write_old_layout(
+        directory,
+        {
+            "variables": ocp.args.StandardSave(state.variables()),
+            "opt_state": ocp.args.StandardSave(state.opt_state),
+            "data": ocp.args.JsonSave({"per_process": [{"state": {"position": 2}}]}),
+            "config": ocp.args.JsonSave(stored),
+        },
+        step=2,
+    )
+
+
+def _restore(directory, config, labels):
+    ckpt = checkpointing.TrainCheckpointer(str(directory), config, labels)
+    try:
+        return ckpt.restore_latest(_small_state(0.0)), ckpt.changed_settings
+    finally:
+        ckpt.close()
+
+
+def test_resume_of_a_workdir_written_before_labels_were_stored(tmp_path):
+    directory = tmp_path / "checkpoints"
+    _old_training_step(directory, tiny_config("/data"), LABELS)
+    (state, position), changed = _restore(directory, tiny_config("/data"), LABELS)
+    assert changed == [] and position == {"position": 2} and int(state.step) == 2
+    np.testing.assert_array_equal(state.params["layer"]["kernel"], np.full((4, 4), 2.0))
+
+    # The labels the old trainer recorded still guard the resume: another dataset's classes.
+    other = LabelMap(("cat", "dog", "bird", "eel"), LABELS.category_ids)
+    with pytest.raises(ValueError, match=r"labels.class_names: checkpoint \['cat'"):
+        _restore(directory, tiny_config("/data"), other)
+    _, changed = _restore(directory, tiny_config("/data", allow_config_change=True), other)
+    assert changed == [
+        f"labels.class_names: {list(LABELS.class_names)} -> {list(other.class_names)}"
+    ]
+
+    # Steps older still, without labels anywhere, resume with any.
+    older = tmp_path / "older"
+    _old_training_step(older, tiny_config("/data"), None)
+    assert _restore(older, tiny_config("/data"), other)[1] == []
+
+
+def test_training_checkpoints_store_labels_and_refuse_other_ones(tmp_path):
+    directory = tmp_path / "checkpoints"
+    config = tiny_config("/data")
+    ckpt = checkpointing.TrainCheckpointer(str(directory), config, LABELS)
+    ckpt.save(1, _small_state(1.0), {"position": 1})
+    ckpt.close()
+    assert checkpointing.load_checkpoint(str(directory))[2] == LABELS
+    assert _restore(directory, config, LABELS)[1] == []
+    reordered = LabelMap(LABELS.class_names, (2, 17, 5, 40))
+    with pytest.raises(ValueError, match=r"labels.category_ids: checkpoint \[17, 2, 5, 40\]"):
+        _restore(directory, config, reordered)

@@ -154,7 +154,7 @@ def test_replay_restates_batched_gathers_scatters_and_pools():
 
 def test_serving_fn_is_the_predictor(predictor, images, expected):
     """The exported computation, run by jax, gives Predictor's detections bit for bit."""
-    serve = export.serving_fn(predictor.config, HW)
+    serve = export.serving_fn(predictor.config, HW, labels=predictor.labels)
     variables = jax.tree.map(jnp.asarray, predictor.variables)
     for i, image in enumerate(images):
         outputs = jax.jit(serve)(variables, image[None])
@@ -212,7 +212,7 @@ def test_stablehlo_cli_and_fresh_process(trained, images, expected, tmp_path):
 
 
 def test_unpasted_masks(predictor, images, expected):
-    serve = export.serving_fn(predictor.config, HW, paste_masks=False)
+    serve = export.serving_fn(predictor.config, HW, paste_masks=False, labels=predictor.labels)
     outputs = jax.jit(serve)(jax.tree.map(jnp.asarray, predictor.variables), images)
     named = dict(zip(export.output_names(False), map(np.asarray, outputs), strict=True))
     assert named["mask_probs"].shape == (2, 8, 28, 28)
@@ -241,7 +241,14 @@ assert not [m for m in sys.modules if m.startswith("msrcnn")], "msrcnn was impor
 def test_saved_model(predictor, images, expected, tmp_path):
     pytest.importorskip("tensorflow")
     path = tmp_path / "saved_model"
-    export.export(predictor.config, predictor.variables, "saved_model", str(path), batch=2)
+    export.export(
+        predictor.config,
+        predictor.variables,
+        "saved_model",
+        str(path),
+        batch=2,
+        labels=predictor.labels,
+    )
     np.save(tmp_path / "images.npy", images)
     (tmp_path / "serve.py").write_text(FRESH_SAVED_MODEL)
     _run([sys.executable, "serve.py", str(path), "images.npy", "out.npz"], cwd=tmp_path)

@@ -31,7 +31,9 @@ import pytest
 from msrcnn import checkpointing, sharding
 from msrcnn import detector as detector_lib
 from msrcnn.data import datasets
+from msrcnn.label_map import LabelMap
 from msrcnn.models.build import build_model
+from msrcnn.predictor import Predictor
 from msrcnn.training import optim, trainer
 from msrcnn.training import train_step as train_step_lib
 from msrcnn.training.train_state import TrainState
@@ -112,10 +114,12 @@ def two_steps(data_dir, tmp_path_factory):
     result also holds `step_traces`, how often the run traced its train step."""
     workdir = tmp_path_factory.mktemp("two_steps")
     config = tiny_config(data_dir, num_steps=2)
+    config_before = config.to_json()
     with pytest.MonkeyPatch.context() as monkeypatch:
         traces = StepTraces(monkeypatch)
         result = trainer.train_and_evaluate(config, str(workdir))
     result["step_traces"] = traces.count
+    result["config_before"] = config_before
     return workdir, config, result
 
 
@@ -152,7 +156,7 @@ def test_two_steps_write_logs_checkpoints_and_eval(two_steps):
     assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ["1", "2"]
     for step in ("1", "2"):
         items = {p.name for p in (checkpoints / step).iterdir()}
-        assert {"variables", "opt_state", "data", "config"} <= items, items
+        assert {"variables", "opt_state", "data", "config", "labels"} <= items, items
     variables, stored_config = checkpointing.load_variables(str(checkpoints))
     assert json.loads(stored_config.model.to_json()) == json.loads(config.model.to_json())
     assert "maskiou_head" in variables["params"]
@@ -162,6 +166,20 @@ def test_two_steps_write_logs_checkpoints_and_eval(two_steps):
     rows = result["eval"]["table"].rows
     assert list(rows) == ["bbox", "segm (plain: cls score)", "segm (mask scoring)"]
     assert result["eval"]["num_images"] == 8
+
+
+def test_training_leaves_the_config_alone_and_checkpoints_the_labels(two_steps):
+    """The config is data: training writes nothing into it. The dataset's label map travels
+    in the checkpoint instead, where `Predictor.from_checkpoint` finds it."""
+    workdir, config, result = two_steps
+    assert config.to_json() == result["config_before"]
+    expected = LabelMap.of_dataset(datasets.load(config))
+    assert expected != LabelMap.of_config(config)  # the config names no classes itself
+    _, _, labels = checkpointing.load_checkpoint(str(workdir / "checkpoints"))
+    assert labels == expected
+    predictor = Predictor.from_checkpoint(str(workdir / "checkpoints"))
+    assert predictor.labels == expected
+    assert list(predictor.category_ids) == list(expected.category_ids)
 
 
 def test_resume_matches_uninterrupted_run(two_steps, tmp_path, no_eval, monkeypatch, capsys):
@@ -225,7 +243,7 @@ def resumed_with_evals(two_steps, tmp_path_factory):
     config = tiny_config(config.data.data_dir, num_steps=4, eval_every=1, allow_config_change=True)
     output = io.StringIO()
 
-    def evaluate(config, model, state, data, writer, workdir, step):
+    def evaluate(config, model, state, data, labels, writer, workdir, step):
         print(f"EVAL TABLE at step {step}")
         print("bbox AP 0.000")
 

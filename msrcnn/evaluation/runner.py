@@ -17,6 +17,7 @@ import numpy as np
 
 from msrcnn import detector as detector_lib
 from msrcnn.evaluation import calibration, coco_eval, coco_format
+from msrcnn.label_map import LabelMap
 from msrcnn.ops.normalize import normalize_images
 
 
@@ -32,7 +33,7 @@ def make_eval_fn(detector, config):
     return run
 
 
-def _preview(batch, index: int, detections, config):
+def _preview(batch, index: int, detections, names):
     """The detections drawn on one evaluation image (its network input, resized back to the
     original size), for TensorBoard."""
     from PIL import Image
@@ -44,12 +45,14 @@ def _preview(batch, index: int, detections, config):
     image = np.asarray(batch["images"][index][:h, :w])
     if (h, w) != (oh, ow):
         image = np.asarray(Image.fromarray(image).resize((ow, oh), Image.BILINEAR))
-    names = list(config.data.class_names) or None
     return visualize.draw_detections(image, detections, names, score_threshold=0.5)
 
 
-def evaluate_variables(config, detector, variables, data, num_previews: int = 4) -> dict:
-    """Inference over `data.eval_batches()` and COCO evaluation.
+def evaluate_variables(
+    config, detector, variables, data, num_previews: int = 4, labels: LabelMap | None = None
+) -> dict:
+    """Inference over `data.eval_batches()` and COCO evaluation; `labels` (default: the
+    dataset's) names the classes in the previews and maps them to the ground truth's ids.
 
     Returns:
       {'table': EvalTable, 'calibration': summary dict (None without a MaskIoU head),
@@ -57,7 +60,7 @@ def evaluate_variables(config, detector, variables, data, num_previews: int = 4)
        'num_images': int, 'previews': overlays of the first `num_previews` images}.
     """
     run = make_eval_fn(detector, config)
-    category_ids = data.category_ids
+    labels = LabelMap.of_dataset(data) if labels is None else labels
     coco_gt = coco_eval.load_ground_truth(data.coco_gt)
     pairs = calibration.CalibrationPairs()
     results = {"bbox": [], "segm": [], "segm_ms": []}
@@ -68,12 +71,12 @@ def evaluate_variables(config, detector, variables, data, num_previews: int = 4)
         items = coco_format.batch_to_detections(
             jax.device_get(outputs),
             batch,
-            category_ids,
+            labels.category_ids,
             mask_threshold=config.inference.mask_threshold,
         )
         for index, (image_id, detections) in enumerate(items):
             if len(previews) < num_previews:
-                previews.append(_preview(batch, index, detections, config))
+                previews.append(_preview(batch, index, detections, labels.class_names))
             rles = coco_format.encode_masks(detections.masks)
             for kind, entries in coco_format.image_results(image_id, detections, rles).items():
                 results[kind].extend(entries)

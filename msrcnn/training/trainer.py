@@ -24,6 +24,7 @@ import tqdm
 from msrcnn import checkpointing, sharding
 from msrcnn import detector as detector_lib
 from msrcnn.data import datasets
+from msrcnn.label_map import LabelMap
 from msrcnn.training import optim
 from msrcnn.training import train_step as train_step_lib
 from msrcnn.training.train_state import TrainState
@@ -183,10 +184,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     detector = detector_lib.from_config(config)
     model = detector.model
     data = datasets.load(config)
-    # Checkpoints carry the label map, so a Predictor or `msrcnn.predict` names classes and
-    # writes the dataset's category ids without the dataset at hand.
-    config.data.class_names = tuple(data.class_names)
-    config.data.category_ids = tuple(int(i) for i in data.category_ids)
+    # Checkpoints carry the label map (the config is not written to), so a Predictor or
+    # `msrcnn.predict` names classes and writes the dataset's category ids without the data.
+    labels = LabelMap.of_dataset(data)
     image_hw = tuple(config.data.image_hw)
 
     abstract_params = jax.eval_shape(
@@ -200,7 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # non-finite loss, Ctrl-C): an orbax manager left open fails noisily at interpreter
     # shutdown, after the real error.
     with contextlib.ExitStack() as cleanup:
-        ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints"), config)
+        ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints"), config, labels)
         cleanup.callback(ckpt.close)
         restored = ckpt.restore_latest(state)
         if restored is not None:
@@ -264,10 +264,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 # The table goes below the bar's last state, never under a bar that redraws
                 # itself over it; a new bar continues below (its rate without the evaluation).
                 bar.close()
-                _evaluate_and_log(config, detector, state, data, writer, workdir, step)
+                _evaluate_and_log(config, detector, state, data, labels, writer, workdir, step)
                 bar = _progress_bar(num_steps, step, postfix=losses)
         bar.close()  # its last state, before the table (closing again does nothing)
-        eval_table = _evaluate_and_log(config, detector, state, data, writer, workdir, num_steps)
+        eval_table = _evaluate_and_log(
+            config, detector, state, data, labels, writer, workdir, num_steps
+        )
     return {"step": int(state.step), "metrics": logged, "eval": eval_table}
 
 
@@ -301,13 +303,13 @@ def _init_from_checkpoint(config, optimizer, state: TrainState) -> TrainState:
     return state
 
 
-def _evaluate_and_log(config, detector, state, data, writer, workdir, step):
+def _evaluate_and_log(config, detector, state, data, labels, writer, workdir, step):
     from msrcnn.evaluation import runner  # pycocotools only when evaluating
 
     if not data.has_eval:
         return None
     variables = jax.device_get(state.variables())
-    table = runner.evaluate_variables(config, detector, variables, data)
+    table = runner.evaluate_variables(config, detector, variables, data, labels=labels)
     if jax.process_index() == 0:
         print(runner.format_results(table, step))
         runner.write_results(table, os.path.join(workdir, f"eval_step_{step}.json"))
