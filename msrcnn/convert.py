@@ -226,7 +226,7 @@ def conv_kernel(weight: np.ndarray) -> np.ndarray:
 
 
 def deconv_kernel(weight: np.ndarray) -> np.ndarray:
-    """torch ConvTranspose2d weight (in, out, kh, kw) -> `heads.Upsample2x` kernel.
+    """torch ConvTranspose2d weight (in, out, kh, kw) -> `heads.mask_head.Upsample2x` kernel.
 
     Both index the 2x2 kernel by output offset (a, b) within each upsampled pixel block, so
     only the axes move: (in, out, a, b) -> (a, b, in, out).

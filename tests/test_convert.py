@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from msrcnn import config_lib, convert
-from msrcnn.models.heads import Upsample2x
+from msrcnn.models.heads.mask_head import Upsample2x
 from msrcnn.models.ms_rcnn import RPN_LEVELS, MaskScoringRCNN
 from msrcnn.predictor import Predictor
 from tests import seeded_weights
