@@ -113,9 +113,10 @@ def time_msrcnn(args, height, width) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from msrcnn import config_lib, convert, optim
+    from msrcnn import config_lib, optim
     from msrcnn import train_step as train_step_lib
     from msrcnn.train_state import TrainState
+    from msrcnn.weights import torchvision as tv_weights
 
     config = msrcnn_config(height, width, args.batch, args.dtype, not args.plain)
     for item in args.set:  # e.g. train.mask_rois_per_image=48, to measure one change
@@ -123,7 +124,7 @@ def time_msrcnn(args, height, width) -> dict:
         section, name = key.split(".")
         config[section][name] = type(config[section][name])(ast.literal_eval(value))
     model = config_lib.build_model(config)
-    variables, _ = convert.convert_torchvision_state_dict(seeded_weights.state_dict(), config)
+    variables, _ = tv_weights.convert_torchvision_state_dict(seeded_weights.state_dict(), config)
     params = jax.device_put(variables["params"])
     optimizer = optim.make_optimizer(config, params)
     state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), {})

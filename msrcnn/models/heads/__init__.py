@@ -2,7 +2,7 @@
 
 Modules map arrays to arrays; losses, targets and post-processing live elsewhere. Layer names
 follow torchvision where it has the layer, so imported weights map by name
-(`msrcnn.convert`).
+(`msrcnn.weights.torchvision`).
 """
 
 from msrcnn.models.heads.box_head import BoxHead
