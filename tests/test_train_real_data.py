@@ -12,7 +12,7 @@ import pytest
 
 from msrcnn import trainer
 from msrcnn.data import datasets
-from msrcnn.data.tiny_coco import CATEGORY_IDS, write_tiny_coco
+from msrcnn.data.builders.tiny_coco import CATEGORY_IDS, write_tiny_coco
 from tests.data import instance_fixtures as fx
 from tests.trainer_helpers import tiny_config
 

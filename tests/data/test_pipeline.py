@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msrcnn.data import pipeline, transforms
-from msrcnn.data.records import decode_record
+from msrcnn.data.builders.records import decode_record
+from msrcnn.data.pipeline import pipeline, transforms
 
 # The tiny dataset's 64 x 80 images resize by 1.5 to 96 x 120 inside a 96 x 128 input.
 HW = (96, 128)

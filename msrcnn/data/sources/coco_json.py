@@ -26,8 +26,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from msrcnn.data.annotations import ImageAnnotation, ObjectAnnotation
-from msrcnn.data.bad_input import BadInputError, BadInputPolicy, check_class_names, repeats
+from msrcnn.data.sources.annotations import ImageAnnotation, ObjectAnnotation
+from msrcnn.data.sources.bad_input import BadInputError, BadInputPolicy, check_class_names, repeats
 
 
 class RepeatedKeys(dict):

@@ -11,7 +11,7 @@
         ...                               # every image once; image_id -1 marks padding
 
 Per image (`prepare_example`, numpy on the host, in grain's reader threads):
-  1. decode the record (`msrcnn.data.records`);
+  1. decode the record (`msrcnn.data.builders.records`);
   2. training only: horizontal flip with probability 1/2, decided by
      `np.random.default_rng([seed, 1, record_index, epoch])`, so it is deterministic, the same
      on every host, and different from one epoch to the next;
@@ -52,8 +52,8 @@ import threading
 import grain
 import numpy as np
 
-from msrcnn.data import transforms
-from msrcnn.data.records import Instances, decode_record
+from msrcnn.data.builders.records import Instances, decode_record
+from msrcnn.data.pipeline import transforms
 
 __all__ = [
     "InputSpec",

@@ -22,8 +22,8 @@ import os
 
 import numpy as np
 
-from msrcnn.data.annotations import ImageAnnotation, MaskFile, ObjectAnnotation
-from msrcnn.data.bad_input import BadInputError, BadInputPolicy, check_class_names, repeats
+from msrcnn.data.sources.annotations import ImageAnnotation, MaskFile, ObjectAnnotation
+from msrcnn.data.sources.bad_input import BadInputError, BadInputPolicy, check_class_names, repeats
 
 _REQUIRED = ("MaskPath", "ImageID", "LabelName")
 _BOX = ("BoxXMin", "BoxYMin", "BoxXMax", "BoxYMax")

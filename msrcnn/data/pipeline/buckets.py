@@ -23,15 +23,15 @@ import threading
 import grain
 import numpy as np
 
-from msrcnn.data import transforms
-from msrcnn.data.pipeline import (
+from msrcnn.data.builders.records import decode_record
+from msrcnn.data.pipeline import transforms
+from msrcnn.data.pipeline.pipeline import (
     InputSpec,
     TruncationCounter,
     padding_example,
     prepare_example,
     random_augmentation,
 )
-from msrcnn.data.records import decode_record
 
 _PLAN_STREAM = 2  # second word of the shuffling RNG's seed
 # Planned epochs when training runs "forever": the positions are lazy, nothing is allocated.

@@ -32,9 +32,9 @@ import os
 
 import numpy as np
 
-from msrcnn.data.annotations import ImageAnnotation, ObjectAnnotation
-from msrcnn.data.bad_input import BadInputError, BadInputPolicy, check_class_names, repeats
-from msrcnn.data.coco_json import RepeatedKeys, load_json
+from msrcnn.data.sources.annotations import ImageAnnotation, ObjectAnnotation
+from msrcnn.data.sources.bad_input import BadInputError, BadInputPolicy, check_class_names, repeats
+from msrcnn.data.sources.coco_json import RepeatedKeys, load_json
 
 _ELLIPSE_VERTICES = 64
 
