@@ -66,15 +66,15 @@ def msrcnn_rows(height: int, width: int, runs: int) -> list[dict]:
     from flax import traverse_util
 
     from benchmarks.train_step import msrcnn_config
-    from msrcnn import convert
     from msrcnn.models import layers
     from msrcnn.models.build import build_model
     from msrcnn.models.ms_rcnn import MaskScoringRCNN
     from msrcnn.training import optim
+    from msrcnn.weights import torchvision as tv_weights
 
     config = msrcnn_config(height, width, 1, "float32", False)
     model = build_model(config)
-    variables, _ = convert.convert_torchvision_state_dict(seeded_weights.state_dict(), config)
+    variables, _ = tv_weights.convert_torchvision_state_dict(seeded_weights.state_dict(), config)
     # Gradients of the pyramid's trainable parameters only, as torch computes: the heads'
     # and the frozen ones would otherwise come back zero-filled (box head fc6 alone: 51 MB).
     pyramid = {k: v for k, v in variables["params"].items() if k in ("backbone", "fpn")}

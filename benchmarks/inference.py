@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import timing
-from msrcnn import convert, predictor
+from msrcnn import predictor
+from msrcnn.weights import torchvision as tv_weights
 from tests import seeded_weights
 
 COLUMNS = [
@@ -55,10 +56,10 @@ def test_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 def msrcnn_predictor(state, size_hw, dtype: str, mask_scoring: bool) -> predictor.Predictor:
-    config = convert.config_for_state_dict(state, mask_scoring=mask_scoring)
+    config = tv_weights.config_for_state_dict(state, mask_scoring=mask_scoring)
     config.data.min_size, config.data.max_size = min(size_hw), max(size_hw)
     config.model.dtype = dtype
-    variables, _ = convert.convert_torchvision_state_dict(state, config)
+    variables, _ = tv_weights.convert_torchvision_state_dict(state, config)
     return predictor.Predictor(config, jax.device_put(variables))
 
 

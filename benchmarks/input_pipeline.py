@@ -23,9 +23,10 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from msrcnn.data import buckets, instances, pipeline
-from msrcnn.data.records import decode_record
-from msrcnn.data.shapes_render import CLASS_NAMES, render_example
+from msrcnn.data.builders import instances
+from msrcnn.data.builders.records import decode_record
+from msrcnn.data.pipeline import buckets, pipeline
+from msrcnn.data.sources.shapes_render import CLASS_NAMES, render_example
 
 BUCKETS = [(800, 1344), (1344, 800)]
 

@@ -27,8 +27,8 @@ def case_inputs(case: str):
 
     from benchmarks import train_step as bench
     from experiments import tiny
-    from msrcnn import convert
     from msrcnn.models.build import build_model
+    from msrcnn.weights import torchvision as tv_weights
     from tests import seeded_weights
 
     name, _, variant = case.partition(":")
@@ -42,7 +42,9 @@ def case_inputs(case: str):
     else:
         height = width = 512
         config = bench.msrcnn_config(height, width, 1, "float32", variant != "plain")
-        variables, _ = convert.convert_torchvision_state_dict(seeded_weights.state_dict(), config)
+        variables, _ = tv_weights.convert_torchvision_state_dict(
+            seeded_weights.state_dict(), config
+        )
         objects = 8
     t = config.train
     batch = bench.msrcnn_batch(height, width, t.batch_size, objects, t.max_instances, t.mask_size)

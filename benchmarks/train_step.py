@@ -113,11 +113,11 @@ def time_msrcnn(args, height, width) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from msrcnn import convert
     from msrcnn import detector as detector_lib
     from msrcnn.training import optim
     from msrcnn.training import train_step as train_step_lib
     from msrcnn.training.train_state import TrainState
+    from msrcnn.weights import torchvision as tv_weights
 
     config = msrcnn_config(height, width, args.batch, args.dtype, not args.plain)
     for item in args.set:  # e.g. train.mask_rois_per_image=48, to measure one change
@@ -125,7 +125,7 @@ def time_msrcnn(args, height, width) -> dict:
         section, name = key.split(".")
         config[section][name] = type(config[section][name])(ast.literal_eval(value))
     detector = detector_lib.from_config(config)
-    variables, _ = convert.convert_torchvision_state_dict(seeded_weights.state_dict(), config)
+    variables, _ = tv_weights.convert_torchvision_state_dict(seeded_weights.state_dict(), config)
     params = jax.device_put(variables["params"])
     optimizer = optim.make_optimizer(config, params)
     state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), {})

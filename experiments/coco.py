@@ -1,6 +1,6 @@
 """COCO 2017: R-50-FPN Mask Scoring R-CNN, 1x schedule (Huang et al. 2019 / detectron2 recipe).
 
-Prepare once (no downloads at run time; see `msrcnn.data.instances.COCO_INSTRUCTIONS`):
+Prepare once (no downloads at run time; see `msrcnn.data.builders.instances.COCO_INSTRUCTIONS`):
 
     # COCO 2017 images + annotations unpacked into /data/coco (annotations/, train2017/, val2017/)
     # ImageNet ResNet-50 from torchvision (resnet50-0676ba61.pth, or resnet101-63fe2227.pth):
@@ -32,7 +32,7 @@ Variants (`--config=experiments/coco.py:VARIANT`):
   plain     plain Mask R-CNN (no MaskIoU head), the separately trained baseline;
   r101      ResNet-101 backbone (init from resnet101 ImageNet weights);
   runlocal  a few steps of a tiny model on small images, to check the COCO code path on a
-            laptop, e.g. on the generated folder of `python -m msrcnn.data.tiny_coco DIR`.
+            laptop, e.g. on the generated folder of `python -m msrcnn.data.builders.tiny_coco DIR`.
 """
 
 from msrcnn import config_lib

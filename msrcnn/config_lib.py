@@ -82,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
             # Static padded input size of training / evaluation batches.
             "image_hw": (800, 1344),
             # More than one (H, W): shape buckets for training and evaluation batches, each
-            # image in the first it fits (see msrcnn.data.buckets); image_hw is then unused
+            # image in the first it fits (see msrcnn.data.pipeline.buckets); image_hw is then unused
             # except to initialise the model.
             "image_hw_buckets": (),
             "eval_batch_size": 8,
@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
                 "min_radius_frac": 0.04,
                 "min_visible_fraction": 0.0,
             },
-            # dataset = "coco": a local COCO download (see msrcnn.data.instances).
+            # dataset = "coco": a local COCO download (see msrcnn.data.builders.instances).
             "coco": {"manual_dir": "", "year": 2017},
             # dataset = "custom": your data; experiments/custom.py explains the fields.
             "custom": {

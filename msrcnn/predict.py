@@ -35,8 +35,8 @@ from absl import app, flags, logging
 from PIL import Image
 
 from msrcnn import cli, visualize
-from msrcnn.data.bad_input import BadInputError, BadInputPolicy
-from msrcnn.data.image_io import read_image
+from msrcnn.data.sources.bad_input import BadInputError, BadInputPolicy
+from msrcnn.data.sources.image_io import read_image
 from msrcnn.evaluation import coco_format
 
 FLAGS = flags.FLAGS

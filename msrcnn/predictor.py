@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -22,6 +21,7 @@ import numpy as np
 
 from msrcnn import checkpointing
 from msrcnn import detector as detector_lib
+from msrcnn.data.pipeline.transforms import resize_scale, resized_hw
 from msrcnn.label_map import LabelMap, given_or_config
 from msrcnn.ops import masks as mask_ops
 
@@ -49,17 +49,6 @@ class Detections:
 
     def __len__(self) -> int:
         return len(self.scores)
-
-
-def resize_scale(image_hw: tuple[int, int], min_size: int, max_size: int) -> float:
-    """torchvision's scale: shorter side to min_size, capped so the longer side <= max_size."""
-    short, long = float(min(image_hw)), float(max(image_hw))
-    return min(min_size / short, max_size / long)
-
-
-def resized_hw(image_hw: tuple[int, int], scale: float) -> tuple[int, int]:
-    """Output size of PyTorch's interpolate(scale_factor=scale): floor(size * scale)."""
-    return tuple(math.floor(s * scale) for s in image_hw)
 
 
 def _bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:

@@ -33,8 +33,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from msrcnn import cli, visualize
-from msrcnn.data.bad_input import BadInputPolicy
-from msrcnn.data.image_io import read_image
+from msrcnn.data.sources.bad_input import BadInputPolicy
+from msrcnn.data.sources.image_io import read_image
 from msrcnn.evaluation.plots import pyplot
 from msrcnn.predict import load_predictor
 

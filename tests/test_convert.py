@@ -1,6 +1,7 @@
-"""Tests for msrcnn.convert: layouts against numpy versions of torch's ops, BN folding, the
-name map on the real torchvision layout (seeded weights), error reports, re-initialisation,
-and the .npz -> CLI -> checkpoint -> Predictor path. No torch needed."""
+"""Tests for msrcnn.weights and the msrcnn.convert command: layouts against numpy versions of
+torch's ops, BN folding, the name map on the real torchvision layout (seeded weights), error
+reports, re-initialisation, and the .npz -> CLI -> checkpoint -> Predictor path. No torch
+needed."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import pytest
 
 from msrcnn import convert
 from msrcnn.models.build import build_model
-from msrcnn.models.heads import Upsample2x
+from msrcnn.models.heads.mask_head import Upsample2x
 from msrcnn.models.ms_rcnn import RPN_LEVELS, MaskScoringRCNN
 from msrcnn.predictor import Predictor
+from msrcnn.weights import layouts, loading
+from msrcnn.weights import torchvision as tv_weights
 from tests import seeded_weights
 
 RNG = np.random.default_rng(0)
@@ -84,7 +87,7 @@ def test_conv_kernel_matches_torch_conv2d():
     x = _randn(2, 3, 9, 11)
     weight, bias = _randn(5, 3, 3, 3), _randn(5)
     conv = nn.Conv(5, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    params = {"kernel": convert.conv_kernel(weight), "bias": bias}
+    params = {"kernel": layouts.conv_kernel(weight), "bias": bias}
     ours = conv.apply({"params": params}, nhwc(x))
     expected = torch_conv2d(x, weight, bias, stride=2, padding=1)
     np.testing.assert_allclose(nchw(ours), expected, atol=1e-4)
@@ -97,12 +100,12 @@ def test_deconv_kernel_matches_torch_conv_transpose2d():
     deconv = Upsample2x(3)
     expected = torch_conv_transpose2d(x, weight, bias, stride=2)
     ours = deconv.apply(
-        {"params": {"kernel": convert.deconv_kernel(weight), "bias": bias}}, nhwc(x)
+        {"params": {"kernel": layouts.deconv_kernel(weight), "bias": bias}}, nhwc(x)
     )
     np.testing.assert_allclose(nchw(ours), expected, atol=1e-4)
     # Flax's ConvTranspose (transpose_kernel=False) computes the same with a flipped kernel.
     flax_deconv = nn.ConvTranspose(3, (2, 2), strides=(2, 2), padding="VALID")
-    flipped = convert.deconv_kernel(weight)[::-1, ::-1]
+    flipped = layouts.deconv_kernel(weight)[::-1, ::-1]
     reference = flax_deconv.apply({"params": {"kernel": flipped, "bias": bias}}, nhwc(x))
     np.testing.assert_allclose(ours, reference, atol=1e-4)
     wrong = deconv.apply({"params": {"kernel": flipped, "bias": bias}}, nhwc(x))
@@ -113,13 +116,13 @@ def test_dense_kernels_match_torch_linear():
     x = _randn(4, 6)
     weight, bias = _randn(3, 6), _randn(3)
     dense = nn.Dense(3)
-    ours = dense.apply({"params": {"kernel": convert.dense_kernel(weight), "bias": bias}}, x)
+    ours = dense.apply({"params": {"kernel": layouts.dense_kernel(weight), "bias": bias}}, x)
     np.testing.assert_allclose(ours, x @ weight.T + bias, atol=1e-5)
     # fc6: torch flattens RoI features (C, H, W), msrcnn (H, W, C).
     features = _randn(4, 5, 3, 2)  # NCHW
     weight = _randn(7, 5 * 3 * 2)
     expected = features.reshape(4, -1) @ weight.T
-    kernel = convert.dense_kernel_chw_to_hwc(weight, (3, 2, 5))
+    kernel = layouts.dense_kernel_chw_to_hwc(weight, (3, 2, 5))
     np.testing.assert_allclose(nhwc(features).reshape(4, -1) @ kernel, expected, atol=1e-5)
 
 
@@ -128,7 +131,7 @@ def test_fold_batch_norm(eps):
     x = _randn(2, 6, 3, 3)
     weight, bias, mean = _randn(6), _randn(6), _randn(6)
     var = np.abs(_randn(6)) + np.float32(1e-4)  # small variances make eps matter
-    scale, shift = convert.fold_batch_norm(weight, bias, mean, var, eps)
+    scale, shift = layouts.fold_batch_norm(weight, bias, mean, var, eps)
     assert scale.dtype == shift.dtype == np.float32
     ours = x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
     expected = torch_batch_norm_eval(x, weight, bias, mean, var, eps)
@@ -146,8 +149,8 @@ def state_dict():
 
 @pytest.fixture(scope="module")
 def converted(state_dict):
-    config = convert.config_for_state_dict(state_dict)
-    variables, report = convert.convert_torchvision_state_dict(state_dict, config)
+    config = tv_weights.config_for_state_dict(state_dict)
+    variables, report = tv_weights.convert_torchvision_state_dict(state_dict, config)
     return config, variables, report
 
 
@@ -270,9 +273,9 @@ def test_heads_match_torchvision_layers(converted, state_dict):
 def test_default_bn_eps(state_dict):
     frozen = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
     # FrozenBatchNorm2d buffers of a detection model: torchvision's COCO weights run eps=0.
-    assert convert.default_bn_eps(frozen, "maskrcnn") == 0.0
-    assert convert.default_bn_eps(state_dict, "maskrcnn") == 1e-5
-    assert convert.default_bn_eps(frozen, "resnet") == 1e-5
+    assert tv_weights.default_bn_eps(frozen, "maskrcnn") == 0.0
+    assert tv_weights.default_bn_eps(state_dict, "maskrcnn") == 1e-5
+    assert tv_weights.default_bn_eps(frozen, "resnet") == 1e-5
 
 
 def test_legacy_and_prefixed_names_are_upgraded():
@@ -284,7 +287,7 @@ def test_legacy_and_prefixed_names_are_upgraded():
         "module.roi_heads.mask_head.mask_fcn4.bias": 5,
         "module.backbone.body.conv1.weight": 6,
     }
-    assert convert.normalize_names(old) == {
+    assert tv_weights.normalize_names(old) == {
         "backbone.fpn.inner_blocks.2.0.weight": 1,
         "backbone.fpn.layer_blocks.0.0.bias": 2,
         "rpn.head.conv.0.0.weight": 3,
@@ -297,25 +300,25 @@ def test_legacy_and_prefixed_names_are_upgraded():
 def test_resnet_depth_from_names():
     names = {f"layer3.{b}.conv1.weight": 0 for b in range(23)} | {"conv1.weight": 0}
     names["layer1.0.conv1.weight"] = 0
-    assert convert.source_kind(names) == "resnet"
-    assert convert.resnet_depth(names, "resnet") == 101
-    with pytest.raises(convert.ConversionError, match="layer3 has 4 blocks"):
-        convert.resnet_depth({f"layer3.{b}.x": 0 for b in range(4)}, "resnet")
+    assert tv_weights.source_kind(names) == "resnet"
+    assert tv_weights.resnet_depth(names, "resnet") == 101
+    with pytest.raises(tv_weights.ConversionError, match="layer3 has 4 blocks"):
+        tv_weights.resnet_depth({f"layer3.{b}.x": 0 for b in range(4)}, "resnet")
 
 
 # ---- errors -----------------------------------------------------------------------------------
 
 
 def _convert(state_dict, **config_kwargs):
-    config = convert.config_for_state_dict(state_dict, **config_kwargs)
-    return convert.convert_torchvision_state_dict(state_dict, config)
+    config = tv_weights.config_for_state_dict(state_dict, **config_kwargs)
+    return tv_weights.convert_torchvision_state_dict(state_dict, config)
 
 
 def test_missing_tensors_are_named(state_dict):
     broken = dict(state_dict)
     del broken["backbone.body.layer2.1.bn2.running_var"]
     del broken["roi_heads.mask_predictor.conv5_mask.bias"]
-    with pytest.raises(convert.ConversionError) as info:
+    with pytest.raises(tv_weights.ConversionError) as info:
         _convert(broken)
     message = str(info.value)
     assert "missing 2 tensors" in message
@@ -328,7 +331,7 @@ def test_mismatched_tensors_are_named(state_dict):
     broken["roi_heads.box_head.fc7.weight"] = np.zeros((1024, 512), np.float32)
     broken["backbone.body.layer1.0.conv2.weight"] = np.zeros((64, 64, 1, 1), np.float32)
     broken["backbone.fpn.layer_blocks.1.0.bias"] = np.zeros((128,), np.float32)
-    with pytest.raises(convert.ConversionError) as info:
+    with pytest.raises(tv_weights.ConversionError) as info:
         _convert(broken)
     message = str(info.value)
     assert "3 mismatched tensors" in message
@@ -340,7 +343,7 @@ def test_unexpected_tensors_are_named(state_dict):
     extra = dict(state_dict)
     extra["roi_heads.keypoint_head.0.weight"] = np.zeros((3,), np.float32)
     extra["backbone.body.fc.weight"] = np.zeros((3,), np.float32)
-    with pytest.raises(convert.ConversionError) as info:
+    with pytest.raises(tv_weights.ConversionError) as info:
         _convert(extra)
     message = str(info.value)
     assert "2 unexpected tensors" in message
@@ -352,22 +355,22 @@ def test_inconsistent_class_layers_are_mismatched(state_dict):
     broken["roi_heads.mask_predictor.mask_fcn_logits.weight"] = np.zeros(
         (81, 256, 1, 1), np.float32
     )
-    with pytest.raises(convert.ConversionError, match="mask_fcn_logits"):
+    with pytest.raises(tv_weights.ConversionError, match="mask_fcn_logits"):
         _convert(broken)
 
 
 def test_not_a_torchvision_state_dict():
-    with pytest.raises(convert.ConversionError, match="not a torchvision"):
-        convert.source_kind({"encoder.weight": np.zeros(3)})
+    with pytest.raises(tv_weights.ConversionError, match="not a torchvision"):
+        tv_weights.source_kind({"encoder.weight": np.zeros(3)})
 
 
 # ---- other class counts, backbone-only checkpoints ------------------------------------------
 
 
 def test_num_classes_reinitialises_only_class_layers(state_dict, converted):
-    config = convert.config_for_state_dict(state_dict, num_classes=5)
+    config = tv_weights.config_for_state_dict(state_dict, num_classes=5)
     assert list(config.data.category_ids) == [] and list(config.data.class_names) == []
-    variables, report = convert.convert_torchvision_state_dict(state_dict, config)
+    variables, report = tv_weights.convert_torchvision_state_dict(state_dict, config)
     assert report.num_classes == (90, 5)
     assert report.reinitialized[:3] == [
         "box_head/cls_score",
@@ -399,9 +402,9 @@ def test_resnet_imagenet_backbone(state_dict, converted):
     }
     resnet["fc.weight"] = np.zeros((1000, 2048), np.float32)
     resnet["fc.bias"] = np.zeros((1000,), np.float32)
-    config = convert.config_for_state_dict(resnet, num_classes=3)
+    config = tv_weights.config_for_state_dict(resnet, num_classes=3)
     assert config.model.num_classes == 3 and config.geometry.roi_aligned  # msrcnn defaults
-    variables, report = convert.convert_torchvision_state_dict(resnet, config, seed=1)
+    variables, report = tv_weights.convert_torchvision_state_dict(resnet, config, seed=1)
     assert report.kind == "resnet"
     assert report.fresh == ["fpn", "rpn_head", "box_head", "mask_head", "maskiou_head"]
     assert report.bn_eps == 1e-5
@@ -454,7 +457,7 @@ def test_npz_through_the_cli_to_a_predictor(tmp_path, state_dict, capsys):
 def test_output_directory_must_be_empty(tmp_path):
     (tmp_path / "something").write_text("x")
     with pytest.raises(FileExistsError):
-        convert.convert_checkpoint(str(tmp_path / "missing.npz"), str(tmp_path))
+        tv_weights.convert_checkpoint(str(tmp_path / "missing.npz"), str(tmp_path))
 
 
 def test_pth_without_torch_explains_the_install(tmp_path, monkeypatch):
@@ -462,11 +465,11 @@ def test_pth_without_torch_explains_the_install(tmp_path, monkeypatch):
     path.write_bytes(b"not really a checkpoint")
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
     with pytest.raises(ImportError, match=r"pip install msrcnn\[convert\]"):
-        convert.load_state_dict(str(path))
+        loading.load_state_dict(str(path))
 
 
 def test_unknown_file_type(tmp_path):
     path = tmp_path / "model.ckpt"
     path.write_bytes(b"")
     with pytest.raises(ValueError, match=r"expected \.pth, \.pt or \.npz"):
-        convert.load_state_dict(str(path))
+        loading.load_state_dict(str(path))

@@ -98,7 +98,7 @@ SCENARIOS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
         ("python -m msrcnn.train --config=experiments/tiny.py --workdir=/tmp/msrcnn_tiny", ()),
     ],
     "coco": [
-        ("python -m msrcnn.data.tiny_coco /tmp/tiny_coco", ()),
+        ("python -m msrcnn.data.builders.tiny_coco /tmp/tiny_coco", ()),
         (
             "python -m msrcnn.train --config=experiments/coco.py:runlocal "
             "--config.data.coco.manual_dir=/tmp/tiny_coco --workdir=/tmp/coco_runlocal",
@@ -327,7 +327,7 @@ def _prepare_shapes(root: pathlib.Path) -> None:
 def _prepare_coco(root: pathlib.Path) -> None:
     """A COCO 2017 folder for /data/coco (the generated one, with COCO's 80 categories) and a
     torchvision ImageNet ResNet-50 state dict (seeded weights) for resnet50-0676ba61.pth."""
-    from msrcnn.data import tiny_coco
+    from msrcnn.data.builders import tiny_coco
 
     coco = root / "data" / "coco"
     tiny_coco.main([str(coco), "--num_train=4", "--num_val=2", "--size=64"])

@@ -1,8 +1,8 @@
 """msrcnn reproduces torchvision's maskrcnn_resnet50_fpn on converted weights.
 
 The weights are regenerated from a seed (tests/seeded_weights.py, numpy only), converted with
-`msrcnn.convert`, and run through `Predictor` on the golden images; the expected outputs come
-from torchvision itself (tests/testdata/make_golden_maskrcnn.py). Criteria:
+`msrcnn.weights.torchvision`, and run through `Predictor` on the golden images; the expected
+outputs come from torchvision itself (tests/testdata/make_golden_maskrcnn.py). Criteria:
   * detections: at least 99% of torchvision's detections have an msrcnn twin (same label, box
     IoU >= 0.99, |score difference| <= 1e-3), also among those touching the image border;
     the pasted masks of twins have IoU >= 0.98;
@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from msrcnn import convert
 from msrcnn.predictor import Predictor
+from msrcnn.weights import torchvision as tv_weights
 from tests import seeded_weights
 from tests.conftest import load_golden
 
@@ -86,8 +86,8 @@ def golden():
 def predictor(golden):
     """Seeded weights -> msrcnn variables -> Predictor at the fixture's resize settings."""
     state_dict = seeded_weights.state_dict(seeded_weights.load_spec(), int(golden["seed"]))
-    config = convert.config_for_state_dict(state_dict)
-    variables, report = convert.convert_torchvision_state_dict(state_dict, config)
+    config = tv_weights.config_for_state_dict(state_dict)
+    variables, report = tv_weights.convert_torchvision_state_dict(state_dict, config)
     assert report.fresh == ["maskiou_head"]
     config.data.min_size = int(golden["min_size"])
     config.data.max_size = int(golden["max_size"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from msrcnn.data import datasets
-from msrcnn.data.tiny_coco import CATEGORY_IDS, write_tiny_coco
+from msrcnn.data.builders.tiny_coco import CATEGORY_IDS, write_tiny_coco
 from msrcnn.training import trainer
 from tests.data import instance_fixtures as fx
 from tests.trainer_helpers import tiny_config

@@ -1,6 +1,14 @@
 """Datasets (TFDS builders written as array_record, read without TensorFlow) and the grain
 input pipeline.
 
+    sources/    readers of user formats (COCO json, VIA json, PNG masks), image files, input
+                hygiene, and the synthetic `shapes` renderer
+    builders/   TFDS builders (shapes, coco_instances, custom_instances), the record format,
+                COCO ground truth of a split, the tiny_coco folder writer
+    pipeline/   records -> batches: per-example preparation, shape buckets, transforms
+    datasets.py config -> the datasets a run needs (the one entry the trainer and
+                `msrcnn.evaluate` use)
+
 A training / evaluation batch is a dict of numpy arrays with static shapes
 (B batch, M max instances, S mask crop size, H x W the padded input size):
 

@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterable
 import jax
 import ml_collections
 
-from msrcnn.data import buckets as buckets_lib
-from msrcnn.data import pipeline
-from msrcnn.data.coco_gt import coco_ground_truth
+from msrcnn.data.builders.coco_gt import coco_ground_truth
+from msrcnn.data.pipeline import buckets as buckets_lib
+from msrcnn.data.pipeline import pipeline
 from msrcnn.errors import ConfigError
 
 DATASETS = ("shapes", "coco", "custom")
@@ -63,7 +63,7 @@ def _open_builder(config: ml_collections.ConfigDict):
     d = config.data
     data_dir = d.data_dir or default_data_dir()
     if d.dataset == "shapes":
-        from msrcnn.data import shapes  # TFDS import only when a dataset is used
+        from msrcnn.data.builders import shapes  # TFDS import only when a dataset is used
 
         s = d.shapes
         builder = shapes.build_shapes(
@@ -79,7 +79,7 @@ def _open_builder(config: ml_collections.ConfigDict):
         )
         names = list(shapes.CLASS_NAMES)
         return builder, names, list(range(1, len(names) + 1))
-    from msrcnn.data import instances
+    from msrcnn.data.builders import instances
 
     if d.dataset == "coco":
         builder = instances.build_coco(

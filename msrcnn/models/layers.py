@@ -3,13 +3,13 @@
 Every convolution of the model (ResNet, FPN, RPN, mask and MaskIoU heads) is a `Conv`: square
 kernel, square stride, PyTorch padding ((kernel - 1) // 2 on every side), NHWC / HWIO.
 Parameters are those of `nn.Conv` ("kernel" [k, k, C, O] float32, "bias" [O]), so checkpoints
-and `msrcnn.convert` are the same whatever the implementation:
+and `msrcnn.weights` are the same whatever the implementation:
 
   * "xla": XLA's convolution and its own gradients (GPU / TPU);
   * "cpu_matmul": `msrcnn.ops.xla_cpu.conv`, the same forward with the kernel gradient as
     matmuls (and, with `forward_input_grad`, the input gradient as forward ops).
 
-The config's "auto" is resolved before the model is built (`config_lib.resolve_conv_impl`):
+The config's "auto" is resolved before the model is built (`msrcnn.models.build.resolve_conv_impl`):
 the model only ever holds one of CONV_IMPLS.
 """
 

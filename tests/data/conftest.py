@@ -11,7 +11,7 @@ TINY = {"seed": 7, "image_size": (64, 80), "num_train": 16, "num_validation": 8}
 
 @pytest.fixture(scope="session")
 def tiny_builder(tmp_path_factory):
-    from msrcnn.data import shapes
+    from msrcnn.data.builders import shapes
 
     return shapes.build_shapes(tmp_path_factory.mktemp("shapes"), **TINY)
 

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from msrcnn.data.tiny_coco import uncompressed_rle
+from msrcnn.data.builders.tiny_coco import uncompressed_rle
 
 H, W = 48, 64
 CATEGORIES = [{"id": 5, "name": "cat"}, {"id": 17, "name": "dog"}, {"id": 2, "name": "bird"}]

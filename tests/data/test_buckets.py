@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from msrcnn.data import buckets, pipeline
+from msrcnn.data.pipeline import buckets, pipeline
 
 BUCKETS = [(64, 96), (96, 64)]
 

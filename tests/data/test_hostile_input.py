@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msrcnn.data import instances, pipeline
-from msrcnn.data.bad_input import BadInputError, BadInputPolicy
-from msrcnn.data.coco_json import read_coco_json
-from msrcnn.data.image_io import read_image
-from msrcnn.data.png_masks import read_png_masks
-from msrcnn.data.records import Instances
-from msrcnn.data.via_json import read_via_json
+from msrcnn.data.builders import instances
+from msrcnn.data.builders.records import Instances
+from msrcnn.data.pipeline import pipeline
+from msrcnn.data.sources.bad_input import BadInputError, BadInputPolicy
+from msrcnn.data.sources.coco_json import read_coco_json
+from msrcnn.data.sources.image_io import read_image
+from msrcnn.data.sources.png_masks import read_png_masks
+from msrcnn.data.sources.via_json import read_via_json
 from tests.data import instance_fixtures as fx
 
 SQUARE = [[10.0, 10.0, 30.0, 10.0, 30.0, 30.0, 10.0, 30.0]]

@@ -12,9 +12,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from msrcnn.data import instances
-from msrcnn.data.coco_gt import coco_ground_truth
-from msrcnn.data.records import decode_record
+from msrcnn.data.builders import instances
+from msrcnn.data.builders.coco_gt import coco_ground_truth
+from msrcnn.data.builders.records import decode_record
 from tests.data import instance_fixtures as fx
 
 
@@ -179,7 +179,7 @@ def test_build_does_not_import_tensorflow(coco_built):
 def test_each_coco_folder_builds_its_own_dataset(tmp_path):
     """The generated tiny_coco and then the real download into the same data_dir: the second
     must not reuse what the first built (both are COCO 2017 by year)."""
-    from msrcnn.data import tiny_coco
+    from msrcnn.data.builders import tiny_coco
 
     data_dir = tmp_path / "tfds"
     tiny_coco.main([str(tmp_path / "a"), "--num_train=2", "--num_val=1", "--size=32"])

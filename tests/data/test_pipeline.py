@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msrcnn.data import pipeline, transforms
-from msrcnn.data.records import decode_record
+from msrcnn.data.builders.records import decode_record
+from msrcnn.data.pipeline import pipeline, transforms
 
 # The tiny dataset's 64 x 80 images resize by 1.5 to 96 x 120 inside a 96 x 128 input.
 HW = (96, 128)
@@ -115,11 +115,43 @@ def test_resize_bilinear_matches_pil_upscaling():
     assert transforms.resize_bilinear(image, (13, 17)) is image
 
 
-def test_resize_rule():
-    assert transforms.resize_scale((64, 80), 96, 128) == 1.5
-    assert transforms.resized_hw((64, 80), 1.5) == (96, 120)
-    assert transforms.resize_scale((600, 1000), 800, 1333) == pytest.approx(1.333)
-    assert transforms.resize_scale((64, 80), None, None) == 1.0
+@pytest.mark.parametrize(
+    "image_hw, min_size, max_size, scale, out_hw",
+    [
+        # Shorter side to min_size: 96 / 64; the longer side 120 stays under 128.
+        ((64, 80), 96, 128, 1.5, (96, 120)),
+        # COCO's 800 / 1333: 800 / 480, the longer side 1066.67 floors to 1066.
+        ((480, 640), 800, 1333, 800 / 480, (800, 1066)),
+        # max_size binds: 1333 / 1000 < 800 / 600, so the shorter side floors 799.8 -> 799.
+        ((600, 1000), 800, 1333, 1.333, (799, 1333)),
+        ((1000, 600), 800, 1333, 1.333, (1333, 799)),
+        # A None bound is left out; both None keeps the size.
+        ((64, 80), 96, None, 1.5, (96, 120)),
+        ((64, 80), None, 40, 0.5, (32, 40)),
+        ((64, 80), None, None, 1.0, (64, 80)),
+        # A side that would floor to 0 (2 x 0.1) keeps 1 px.
+        ((2, 1000), 800, 100, 0.1, (1, 100)),
+    ],
+)
+def test_resize_rule(image_hw, min_size, max_size, scale, out_hw):
+    """torchvision's rule, computed by hand: scale = min(min_size / short, max_size / long),
+    output floor(size * scale) per axis (at least 1)."""
+    got = transforms.resize_scale(image_hw, min_size, max_size)
+    assert got == pytest.approx(scale, rel=1e-12)
+    assert transforms.resized_hw(image_hw, got) == out_hw
+
+
+def test_predictor_resizes_by_the_same_rule():
+    """Inference uses the pipeline's function, so a training image and the same image at test
+    time get the same size."""
+    from msrcnn import config_lib, predictor
+
+    assert predictor.resize_scale is transforms.resize_scale
+    assert predictor.resized_hw is transforms.resized_hw
+    data = config_lib.base_config().data
+    data.min_size, data.max_size = 96, 128
+    _, resized = predictor.preprocess(np.zeros((64, 80, 3), np.uint8), data)
+    assert resized == (96, 120)
 
 
 def test_train_batch_contract(train_source):

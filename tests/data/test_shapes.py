@@ -13,9 +13,9 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from msrcnn.data import shapes
-from msrcnn.data.records import decode_record
-from msrcnn.data.shapes_render import render_example, tight_box
+from msrcnn.data.builders import shapes
+from msrcnn.data.builders.records import decode_record
+from msrcnn.data.sources.shapes_render import render_example, tight_box
 from tests.data.conftest import TINY
 
 
@@ -159,7 +159,8 @@ _NO_TF_SCRIPT = textwrap.dedent(
     """
     import sys, tempfile
 
-    from msrcnn.data import pipeline, shapes
+    from msrcnn.data.builders import shapes
+    from msrcnn.data.pipeline import pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         builder = shapes.build_shapes(tmp, seed=1, image_size=32, num_train=8, num_validation=4)

@@ -10,7 +10,7 @@
 `coco_instances` reads COCO 2014 / 2017 from a local download (the stock TFDS `coco` has no
 masks); `custom_instances` reads your own data in one of three formats: COCO json (`coco`),
 VIA region json (`via`, the balloon format) or Open Images-style PNG masks (`png_masks`).
-Both store the same record (the `msrcnn.data.records` format, masks as RLE):
+Both store the same record (the `msrcnn.data.builders.records` format, masks as RLE):
 
     image      JPEG (the original file when it is plain RGB) or PNG, decoded uint8 [H, W, 3]
     image_id   int64, the dataset's image id (COCO's own ids)
@@ -27,7 +27,7 @@ leave out images without annotations and group images by shape without decoding 
 
 Bad input (corrupt or missing images, unknown categories, malformed json, ...) stops the build
 with an error naming the file and annotation, unless `skip_bad_input=True`: then it is counted
-and left out. See `msrcnn.data.bad_input`, `image_io` and `annotations` for every rule.
+and left out. See `msrcnn.data.sources.bad_input`, `image_io` and `annotations` for every rule.
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from msrcnn.data.annotations import ImageAnnotation, to_record_objects
-from msrcnn.data.bad_input import BadInputError, BadInputPolicy
-from msrcnn.data.coco_json import read_coco_json
-from msrcnn.data.image_io import read_image
-from msrcnn.data.png_masks import read_png_masks
-from msrcnn.data.via_json import read_via_json
+from msrcnn.data.sources.annotations import ImageAnnotation, to_record_objects
+from msrcnn.data.sources.bad_input import BadInputError, BadInputPolicy
+from msrcnn.data.sources.coco_json import read_coco_json
+from msrcnn.data.sources.image_io import read_image
+from msrcnn.data.sources.png_masks import read_png_masks
+from msrcnn.data.sources.via_json import read_via_json
 from msrcnn.errors import MissingInputError
 
 _log = logging.getLogger(__name__)

@@ -27,10 +27,11 @@ def flip_horizontal(image: np.ndarray, boxes: np.ndarray, masks: np.ndarray):
 
 
 def resize_scale(image_hw: tuple[int, int], min_size: int | None, max_size: int | None) -> float:
-    """torchvision's resize scale: shorter side to `min_size`, longer side capped at `max_size`.
+    """The resize scale of torchvision's GeneralizedRCNNTransform, for training and inference.
 
-    Either bound may be None (ignored); both None gives 1. Same rule as
-    `msrcnn.predictor.resize_scale`, so training and inference see the same sizes.
+    scale = min(min_size / shorter side, max_size / longer side): the shorter side goes to
+    `min_size` unless that would take the longer side past `max_size`. A bound that is None
+    is left out of the min; both None gives 1. `msrcnn.predictor` uses this same function.
     """
     short, long = float(min(image_hw)), float(max(image_hw))
     scales = []
@@ -42,8 +43,13 @@ def resize_scale(image_hw: tuple[int, int], min_size: int | None, max_size: int 
 
 
 def resized_hw(image_hw: tuple[int, int], scale: float) -> tuple[int, int]:
-    """floor(size * scale) per axis, as PyTorch's interpolate(scale_factor=...) and the
-    predictor."""
+    """Output (h, w) at `scale`: floor(size * scale) per axis, as PyTorch's
+    interpolate(scale_factor=scale) (what torchvision resizes with), but at least 1 px.
+
+    The clamp matters only for a side that would floor to 0 (an image tens of times longer
+    than wide, capped by max_size), which PyTorch refuses to produce; every other size is
+    torchvision's.
+    """
     return tuple(max(1, math.floor(s * scale)) for s in image_hw)
 
 

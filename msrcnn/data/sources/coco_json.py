@@ -26,8 +26,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from msrcnn.data.annotations import ImageAnnotation, ObjectAnnotation
-from msrcnn.data.bad_input import BadInputError, BadInputPolicy, check_class_names, repeats
+from msrcnn.data.sources.annotations import ImageAnnotation, ObjectAnnotation
+from msrcnn.data.sources.bad_input import (
+    BadInputError,
+    BadInputPolicy,
+    check_class_names,
+    report_repeats,
+)
 
 
 class RepeatedKeys(dict):
@@ -263,31 +268,35 @@ def _repeated_images(
     Returns:
       {image id: why it is left out}.
     """
-    left_out: dict[int, str] = {}
-    repeated_ids = repeats((image_id, file_name) for image_id, file_name, _ in entries)
-    for image_id, names in repeated_ids.items():
-        policy.problem(
-            "repeated image id",
+    repeated_ids = report_repeats(
+        policy,
+        "repeated image id",
+        ((image_id, file_name) for image_id, file_name, _ in entries),
+        lambda image_id, names: (
             f"image id {image_id} is used by {len(names)} entries of 'images' in {json_path} "
             f"(file_name {', '.join(repr(n) for n in names)}); each image needs its own id: "
             "remove the duplicate entry, or give the other image a new id (and its "
-            "annotations that image_id)",
-            count=len(names),
-        )
-        left_out[image_id] = f"image id {image_id} is repeated in 'images'"
-    shared_files = repeats(
-        (os.path.normpath(os.path.join(image_dir, file_name)), image_id)
-        for image_id, file_name, _ in entries
-        if image_id not in left_out
+            "annotations that image_id)"
+        ),
     )
-    for path, image_ids in shared_files.items():
-        policy.problem(
-            "image file listed by more than one image id",
+    left_out = {
+        image_id: f"image id {image_id} is repeated in 'images'" for image_id in repeated_ids
+    }
+    shared_files = report_repeats(
+        policy,
+        "image file listed by more than one image id",
+        (
+            (os.path.normpath(os.path.join(image_dir, file_name)), image_id)
+            for image_id, file_name, _ in entries
+            if image_id not in left_out
+        ),
+        lambda path, image_ids: (
             f"{path} is the file of image ids {image_ids} in {json_path}; each image belongs "
             "in 'images' once: remove the duplicate entries and give their annotations the "
-            "id of the one kept",
-            count=len(image_ids),
-        )
+            "id of the one kept"
+        ),
+    )
+    for path, image_ids in shared_files.items():
         for image_id in image_ids:
             left_out[image_id] = f"its file {path} is listed by image ids {image_ids}"
     return left_out
@@ -299,19 +308,18 @@ def _repeated_annotation_ids(annotations: list, json_path: str, policy: BadInput
     When the policy skips, every annotation with such an id is left out (counted per
     annotation): nothing says which is right, and records trace objects by their id.
     """
-    repeated_ids = repeats(
-        (str(ann["id"]), ann.get("image_id"))
-        for ann in annotations
-        if isinstance(ann, dict) and "id" in ann
-    )
-    repeated = set()
-    for ann_id, on in repeated_ids.items():
-        policy.problem(
-            "repeated annotation id",
+    repeated_ids = report_repeats(
+        policy,
+        "repeated annotation id",
+        (
+            (str(ann["id"]), ann.get("image_id"))
+            for ann in annotations
+            if isinstance(ann, dict) and "id" in ann
+        ),
+        lambda ann_id, on: (
             f"annotation id {ann_id} is used by {len(on)} annotations in {json_path} (of "
             f"image ids {on}); annotation ids must be unique: remove the duplicate "
-            "annotation or give the other one a new id",
-            count=len(on),
-        )
-        repeated.add(ann_id)
-    return repeated
+            "annotation or give the other one a new id"
+        ),
+    )
+    return set(repeated_ids)

@@ -23,15 +23,13 @@ import threading
 import grain
 import numpy as np
 
-from msrcnn.data import transforms
-from msrcnn.data.pipeline import (
+from msrcnn.data.pipeline import transforms
+from msrcnn.data.pipeline.pipeline import (
     InputSpec,
     TruncationCounter,
-    padding_example,
-    prepare_example,
-    random_augmentation,
+    prepare_eval_record,
+    prepare_train_record,
 )
-from msrcnn.data.records import decode_record
 
 _PLAN_STREAM = 2  # second word of the shuffling RNG's seed
 # Planned epochs when training runs "forever": the positions are lazy, nothing is allocated.
@@ -107,14 +105,9 @@ class _HostBatch:
         epoch, k = divmod(int(position), self.plan.batches_per_epoch)
         bucket, records = self.plan.epoch(epoch)[k]
         local = len(records) // self.count
-        examples = []
-        for record in records[self.index * local : (self.index + 1) * local]:
-            flip, spec = random_augmentation(
-                self.specs[bucket], self.train_min_sizes, self.seed, record, epoch
-            )
-            inst = decode_record(self.source[int(record)]).without_crowd()
-            examples.append(prepare_example(inst, spec, flip, self.truncation))
-        return stack_examples(examples)
+        mine = records[self.index * local : (self.index + 1) * local]
+        rest = (epoch, self.specs[bucket], self.seed, self.train_min_sizes, self.truncation)
+        return stack_examples([prepare_train_record(self.source, r, *rest) for r in mine])
 
 
 def make_bucketed_train_dataset(
@@ -205,11 +198,9 @@ def make_bucketed_eval_batches(
         num_batches = -(-per_host // batch_size)
         mine += [-1] * (num_batches * batch_size - len(mine))
         for start in range(0, len(mine), batch_size):
-            examples = []
-            for record in mine[start : start + batch_size]:
-                if record < 0:
-                    examples.append(padding_example(spec))
-                else:
-                    inst = decode_record(data_source[record]).without_crowd()
-                    examples.append(prepare_example(inst, spec, truncation=truncation))
-            yield stack_examples(examples)
+            yield stack_examples(
+                [
+                    prepare_eval_record(data_source, record, spec, truncation)
+                    for record in mine[start : start + batch_size]
+                ]
+            )

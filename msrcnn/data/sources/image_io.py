@@ -27,7 +27,7 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from msrcnn.data.bad_input import BadInputPolicy
+from msrcnn.data.sources.bad_input import BadInputPolicy
 
 _EXIF_ORIENTATION = 0x0112
 

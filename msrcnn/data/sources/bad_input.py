@@ -101,6 +101,16 @@ def repeats(pairs) -> dict:
     return {key: values for key, values in groups.items() if len(values) > 1}
 
 
+def report_repeats(policy: BadInputPolicy, reason: str, pairs, message) -> dict:
+    """`repeats(pairs)`, each group reported as one `policy.problem(reason, message(key,
+    values), count=len(values))`: nothing says which of the repeats is right, so every item
+    of a group counts as skipped and the caller leaves them all out."""
+    groups = repeats(pairs)
+    for key, values in groups.items():
+        policy.problem(reason, message(key, values), count=len(values))
+    return groups
+
+
 def check_class_names(class_names, path: str) -> None:
     """Raises `BadInputError` when `class_names` repeats a name: two labels for one class
     (the reader would silently give every object the last of them)."""

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from msrcnn.data.bad_input import BadInputPolicy
+from msrcnn.data.sources.bad_input import BadInputPolicy
 
 # Boxes narrower or lower than this (pixels, after clipping) cannot be trained on.
 MIN_BOX_SIDE = 1.0

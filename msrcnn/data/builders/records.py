@@ -9,7 +9,7 @@ A record (one image, as returned by a TFDS data source's `__getitem__`) is a dic
       label   int class 1..K
       mask    [H, W] or [H, W, 1] full-image mask, nonzero = foreground
         or
-      rle     str, compressed COCO RLE counts of an [H, W] mask (`msrcnn.data.instances`)
+      rle     str, compressed COCO RLE counts of an [H, W] mask (`msrcnn.data.builders.instances`)
       is_crowd  bool, optional (default False): a crowd region, not a training target
 
 TFDS decodes a `Sequence` feature without TensorFlow into Python lists of per-instance

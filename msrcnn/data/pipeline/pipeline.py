@@ -10,8 +10,9 @@
     for batch in make_eval_batches(builder.as_data_source("validation"), 8, (128, 128)):
         ...                               # every image once; image_id -1 marks padding
 
-Per image (`prepare_example`, numpy on the host, in grain's reader threads):
-  1. decode the record (`msrcnn.data.records`);
+Per image (`prepare_train_record` / `prepare_eval_record`, here and in `buckets`; numpy on
+the host, in grain's reader threads):
+  1. decode the record (`msrcnn.data.builders.records`);
   2. training only: horizontal flip with probability 1/2, decided by
      `np.random.default_rng([seed, 1, record_index, epoch])`, so it is deterministic, the same
      on every host, and different from one epoch to the next;
@@ -45,6 +46,7 @@ position (a restored iterator yields the same next batches).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import threading
@@ -52,8 +54,8 @@ import threading
 import grain
 import numpy as np
 
-from msrcnn.data import transforms
-from msrcnn.data.records import Instances, decode_record
+from msrcnn.data.builders.records import Instances, decode_record
+from msrcnn.data.pipeline import transforms
 
 __all__ = [
     "InputSpec",
@@ -63,7 +65,9 @@ __all__ = [
     "make_train_iterator",
     "num_eval_batches",
     "padding_example",
+    "prepare_eval_record",
     "prepare_example",
+    "prepare_train_record",
 ]
 
 _log = logging.getLogger(__name__)
@@ -245,6 +249,34 @@ def random_augmentation(
     return flip, spec
 
 
+def prepare_train_record(
+    data_source,
+    record_index: int,
+    epoch: int,
+    spec: InputSpec,
+    seed: int,
+    train_min_sizes=(),
+    truncation: TruncationCounter | None = None,
+) -> dict[str, np.ndarray]:
+    """Record `record_index` of `data_source`, seen in `epoch` -> a training batch element:
+    its augmentation drawn (`random_augmentation`), the record decoded without its crowd
+    regions, then `prepare_example`. The one per-image training step of every pipeline."""
+    flip, spec = random_augmentation(spec, train_min_sizes, seed, record_index, epoch)
+    inst = decode_record(data_source[int(record_index)]).without_crowd()
+    return prepare_example(inst, spec, flip=flip, truncation=truncation)
+
+
+def prepare_eval_record(
+    data_source, record_index: int, spec: InputSpec, truncation: TruncationCounter | None = None
+) -> dict[str, np.ndarray]:
+    """Record `record_index` of `data_source` -> an evaluation batch element (no
+    augmentation, crowd regions left out); a negative index -> a padding element."""
+    if record_index < 0:
+        return padding_example(spec)
+    inst = decode_record(data_source[int(record_index)]).without_crowd()
+    return prepare_example(inst, spec, truncation=truncation)
+
+
 def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
     """(index, count), defaulting to this JAX process among all of them."""
     if shard_index is None or shard_count is None:
@@ -289,13 +321,15 @@ class _TrainExample:
 
     def __call__(self, k: int) -> dict[str, np.ndarray]:
         position = self.global_position(k)
-        record_index = int(self.stream[position])
-        epoch = position // self.epoch_len
-        flip, spec = random_augmentation(
-            self.spec, self.train_min_sizes, self.seed, record_index, epoch
+        return prepare_train_record(
+            self.data_source,
+            int(self.stream[position]),
+            position // self.epoch_len,
+            self.spec,
+            self.seed,
+            self.train_min_sizes,
+            self.truncation,
         )
-        inst = decode_record(self.data_source[record_index]).without_crowd()
-        return prepare_example(inst, spec, flip=flip, truncation=self.truncation)
 
 
 def make_train_dataset(
@@ -365,53 +399,19 @@ def make_train_dataset(
     return examples.to_iter_dataset(read).batch(batch_size, drop_remainder=True)
 
 
-def make_train_iterator(
-    data_source,
-    batch_size: int,
-    image_hw: tuple[int, int],
-    max_instances: int = 100,
-    mask_size: int = 56,
-    seed: int = 0,
-    min_size: int | None = None,
-    max_size: int | None = None,
-    **kwargs,
-) -> grain.DatasetIterator:
-    """`iter(make_train_dataset(...))`: a checkpointable iterator of training batches.
+def make_train_iterator(*args, **kwargs) -> grain.DatasetIterator:
+    """`iter(make_train_dataset(...))` (same arguments): a checkpointable iterator of
+    training batches.
 
     `iterator.get_state()` returns a small JSON-able dict; `set_state(state)` on an iterator
     made with the same arguments resumes exactly there.
     """
-    return iter(
-        make_train_dataset(
-            data_source,
-            batch_size,
-            image_hw,
-            max_instances,
-            mask_size,
-            seed,
-            min_size,
-            max_size,
-            **kwargs,
-        )
-    )
+    return iter(make_train_dataset(*args, **kwargs))
 
 
 def num_eval_batches(num_records: int, batch_size: int, shard_count: int = 1) -> int:
     """Batches per host of `make_eval_batches`: ceil(ceil(num_records / hosts) / B)."""
     return math.ceil(math.ceil(num_records / shard_count) / batch_size)
-
-
-class _EvalExample:
-    """Record index (-1 for padding) -> batch element, no augmentation."""
-
-    def __init__(self, data_source, spec, truncation):
-        self.data_source, self.spec, self.truncation = data_source, spec, truncation
-
-    def __call__(self, record_index: int) -> dict[str, np.ndarray]:
-        if record_index < 0:
-            return padding_example(self.spec)
-        inst = decode_record(self.data_source[int(record_index)]).without_crowd()
-        return prepare_example(inst, self.spec, truncation=self.truncation)
 
 
 def make_eval_batches(
@@ -443,7 +443,12 @@ def make_eval_batches(
     total = num_eval_batches(len(data_source), batch_size, count) * batch_size
     records += [-1] * (total - len(records))
     examples = grain.MapDataset.source(records).map(
-        _EvalExample(data_source, spec, truncation or TruncationCounter())
+        functools.partial(
+            prepare_eval_record,
+            data_source,
+            spec=spec,
+            truncation=truncation or TruncationCounter(),
+        )
     )
     read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)
     return examples.to_iter_dataset(read).batch(batch_size, drop_remainder=False)

@@ -32,9 +32,14 @@ import os
 
 import numpy as np
 
-from msrcnn.data.annotations import ImageAnnotation, ObjectAnnotation
-from msrcnn.data.bad_input import BadInputError, BadInputPolicy, check_class_names, repeats
-from msrcnn.data.coco_json import RepeatedKeys, load_json
+from msrcnn.data.sources.annotations import ImageAnnotation, ObjectAnnotation
+from msrcnn.data.sources.bad_input import (
+    BadInputError,
+    BadInputPolicy,
+    check_class_names,
+    report_repeats,
+)
+from msrcnn.data.sources.coco_json import RepeatedKeys, load_json
 
 _ELLIPSE_VERTICES = 64
 
@@ -90,32 +95,36 @@ def _repeated_entries(
     regions. Nothing says which entry is right, so (when the policy skips) all of them are left
     out, counted per entry.
     """
-    places = repeats((key, index) for index, (key, _) in enumerate(pairs))
-    left_out: set[int] = set()
-    for key, indices in places.items():
-        policy.problem(
-            "repeated VIA entry key",
+    places = report_repeats(
+        policy,
+        "repeated VIA entry key",
+        ((key, index) for index, (key, _) in enumerate(pairs)),
+        lambda key, indices: (
             f"entry key {key!r} appears {len(indices)} times in {json_path}; VIA has one "
-            "entry per image: merge their regions into one entry and remove the others",
-            count=len(indices),
-        )
-        left_out.update(indices)
-    by_file = repeats(
-        (os.path.normpath(os.path.join(image_dir, str(entry["filename"]))), index)
-        for index, (_, entry) in enumerate(pairs)
-        if index not in left_out
+            "entry per image: merge their regions into one entry and remove the others"
+        ),
     )
-    for indices in by_file.values():
+    left_out = {index for indices in places.values() for index in indices}
+
+    def shared_file(_, indices):
         keys = ", ".join(repr(pairs[i][0]) for i in indices)
-        policy.problem(
-            "VIA image file listed by more than one entry",
+        return (
             f"{pairs[indices[0]][1]['filename']} is the file of {len(indices)} entries "
             f"(keys {keys}) in {json_path}; VIA has one entry per image: merge their "
-            "regions into one entry and remove the others",
-            count=len(indices),
+            "regions into one entry and remove the others"
         )
-        left_out.update(indices)
-    return left_out
+
+    by_file = report_repeats(
+        policy,
+        "VIA image file listed by more than one entry",
+        (
+            (os.path.normpath(os.path.join(image_dir, str(entry["filename"]))), index)
+            for index, (_, entry) in enumerate(pairs)
+            if index not in left_out
+        ),
+        shared_file,
+    )
+    return left_out | {index for indices in by_file.values() for index in indices}
 
 
 def read_via_json(

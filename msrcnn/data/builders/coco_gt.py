@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from msrcnn.data.records import decode_record
+from msrcnn.data.builders.records import decode_record
 
 
 def _class_names(source) -> list[str] | None:
@@ -44,7 +44,7 @@ def coco_ground_truth(
 
     Args:
       source: a TFDS builder (then `split` is required), or a random-access data source /
-        sequence of records in the `msrcnn.data.records` format (e.g.
+        sequence of records in the `msrcnn.data.builders.records` format (e.g.
         `builder.as_data_source("validation")`).
       split: split name when `source` is a builder.
       class_names: names of classes 1..K; defaults to `metadata["class_names"]` of the

@@ -1,6 +1,7 @@
 """Writes a small COCO-layout folder drawn by the shapes renderer, to try the COCO code path.
 
-    python -m msrcnn.data.tiny_coco /tmp/tiny_coco [--num_train=16] [--num_val=8] [--size=96]
+    python -m msrcnn.data.builders.tiny_coco /tmp/tiny_coco \\
+        [--num_train=16] [--num_val=8] [--size=96]
     python -m msrcnn.train --config=experiments/coco.py:runlocal \\
         --config.data.coco.manual_dir=/tmp/tiny_coco --workdir=/tmp/coco_runlocal
 
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from msrcnn.data.shapes_render import CLASS_NAMES, render_example
+from msrcnn.data.sources.shapes_render import CLASS_NAMES, render_example
 
 CATEGORY_IDS = (3, 7, 12, 90)
 

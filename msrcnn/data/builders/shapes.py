@@ -3,7 +3,7 @@
 Images show circles, squares, triangles and stars (K = 4 classes, labels 1..4, names in
 `info.metadata["class_names"]`) in random colours and sizes on textured backgrounds, with
 overlaps: later shapes occlude earlier ones and each instance's mask is its visible part (see
-`msrcnn.data.shapes_render`). Everything is a function of the config's seed: image `i` of a
+`msrcnn.data.sources.shapes_render`). Everything is a function of the config's seed: image `i` of a
 split is drawn from `np.random.default_rng([seed, split_code, i])`, so it does not depend on
 generation order or on the other images. Image `i` with `i % 16 == 3` has no objects, so every
 split of at least 4 images holds an empty image.
@@ -19,7 +19,7 @@ with `tf.image.encode_png`, which would import TensorFlow; bytes are stored as t
 decoding in `as_data_source` uses PIL or OpenCV). `tests/data/test_shapes.py` checks that
 building and reading leaves `tensorflow` out of `sys.modules`.
 
-A record from `as_data_source(split)` (the record format `msrcnn.data.pipeline` reads):
+A record from `as_data_source(split)` (the record format `msrcnn.data.pipeline.pipeline` reads):
 
     image     uint8 [H, W, 3]
     image_id  int   1-based index of the image in its split (record i has id i + 1)
@@ -42,9 +42,9 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from msrcnn.data.coco_gt import coco_ground_truth
-from msrcnn.data.image_io import encode_png
-from msrcnn.data.shapes_render import CLASS_NAMES, render_example
+from msrcnn.data.builders.coco_gt import coco_ground_truth
+from msrcnn.data.sources.image_io import encode_png
+from msrcnn.data.sources.shapes_render import CLASS_NAMES, render_example
 
 __all__ = [
     "CLASS_NAMES",

@@ -22,8 +22,13 @@ import os
 
 import numpy as np
 
-from msrcnn.data.annotations import ImageAnnotation, MaskFile, ObjectAnnotation
-from msrcnn.data.bad_input import BadInputError, BadInputPolicy, check_class_names, repeats
+from msrcnn.data.sources.annotations import ImageAnnotation, MaskFile, ObjectAnnotation
+from msrcnn.data.sources.bad_input import (
+    BadInputError,
+    BadInputPolicy,
+    check_class_names,
+    report_repeats,
+)
 
 _REQUIRED = ("MaskPath", "ImageID", "LabelName")
 _BOX = ("BoxXMin", "BoxYMin", "BoxXMax", "BoxYMax")
@@ -48,20 +53,19 @@ def _repeated_masks(
     which row is right, so (when the policy skips) every row of such a mask is left out,
     counted per row.
     """
-    lines = repeats(
-        (os.path.normpath(os.path.join(mask_dir, row["MaskPath"] or "")), line)
-        for line, row in enumerate(rows, start=2)
-    )
-    repeated: set[int] = set()
-    for same in lines.values():
-        policy.problem(
-            "repeated MaskPath",
+    lines = report_repeats(
+        policy,
+        "repeated MaskPath",
+        (
+            (os.path.normpath(os.path.join(mask_dir, row["MaskPath"] or "")), line)
+            for line, row in enumerate(rows, start=2)
+        ),
+        lambda _, same: (
             f"MaskPath {rows[same[0] - 2]['MaskPath']!r} is in rows {same} of {csv_path}; "
-            "a mask file is one instance: remove the duplicate rows",
-            count=len(same),
-        )
-        repeated.update(same)
-    return repeated
+            "a mask file is one instance: remove the duplicate rows"
+        ),
+    )
+    return {line for same in lines.values() for line in same}
 
 
 def read_png_masks(

@@ -1,7 +1,7 @@
 """Synthesis of one image of the `shapes` dataset: textured background, occluding shapes.
 
 Pure numpy + PIL (no TensorFlow, no JAX), deterministic given a `np.random.Generator`.
-`msrcnn.data.shapes` wraps it into a TFDS builder.
+`msrcnn.data.builders.shapes` wraps it into a TFDS builder.
 
 Rendering: a background (noise, gradient or stripes) is drawn, then the shapes one after
 another, each in a flat random colour that contrasts with what lies under it; later shapes
