@@ -86,11 +86,9 @@ def paste_masks_in_image(mask_probs, boxes, image_hw, padding=1, threshold=None)
     the x interpolation is a small matmul `padded_mask @ Wx^T` ([S + 2, W] per mask) with a
     two-tap weight matrix, and the y interpolation gathers two of those rows per image row and
     blends them. That keeps torchvision's arithmetic order (x first, then y), so values agree
-    to float rounding (~1e-7), and costs two reads per output pixel. Measured on a shared
-    2-core CPU for N = 100 masks at 800 x 1216 (best of several runs): ~0.16 s for
-    probabilities (writing the 390 MB output dominates), ~0.03 s thresholded; a dense second
-    matmul `Wy @ (mask @ Wx^T)` (H * S * W multiply-adds per mask) took ~0.2 s both ways, a
-    gather via take_along_axis ~0.9 s, and torchvision's per-mask loop ~0.9 s.
+    to float rounding (~1e-7), and costs two reads per output pixel, fewer than a dense second
+    matmul `Wy @ (mask @ Wx^T)` (H * S * W multiply-adds per mask) or a take_along_axis
+    gather (the variants compared: benchmarks/README.md, "Figures behind design choices").
 
     Padded (invalid) rows are not special-cased: an all-zero box pastes a single pixel at
     (0, 0). Mask them out with the detections' validity mask.
@@ -126,8 +124,8 @@ def paste_masks_in_image(mask_probs, boxes, image_hw, padding=1, threshold=None)
     wx = xw0[..., None] * (xi0[..., None] == cols) + xw1[..., None] * (xi1[..., None] == cols)
     rows_x = jnp.einsum("npk,nwk->npw", padded, wx, precision=jax.lax.Precision.HIGHEST)
     # y interpolation: gather the two source rows of every image row and blend. A per-mask
-    # row gather (vmap) lowers to contiguous row copies; take_along_axis over [N, H, W] was
-    # ~5x slower on CPU.
+    # row gather (vmap) lowers to contiguous row copies; take_along_axis over [N, H, W] does
+    # not (slower on CPU).
     out = jax.vmap(_blend_rows)(rows_x, yi0, yi1, yw0, yw1)
     if threshold is not None:
         return out >= threshold

@@ -114,7 +114,8 @@ def _gather_weighted_sum(flat, index, weight):
     One gather per sample slot s, all summed: XLA fuses the S gathers, the weighting and the sum
     into a single loop that writes only the output. (A single gather to [R, P, Q, S, C] followed
     by a reduce over S is NOT fused on CPU: it materialises R*P*Q*S*C floats, 400 MB per image
-    for 512 RoIs of 7x7, and runs ~15x slower.) Indices must be in range; weights get no gradient.
+    for 512 RoIs of 7x7, and runs many times slower.) Indices must be in range; weights get no
+    gradient.
     """
     acc = jnp.zeros((*index.shape[:-1], flat.shape[-1]), _ACC_DTYPE)
     for s in range(index.shape[-1]):
@@ -124,7 +125,7 @@ def _gather_weighted_sum(flat, index, weight):
     # it is here because XLA:CPU's YNNPACK fusion cannot take a select. Without it, a consumer
     # such as a reduce, a dot or a conv pulls the adds and multiplies above into its YNNPACK
     # fusion, leaving the S gathers behind as S materialised [R, P, Q, C] arrays (0.4 GB per
-    # image for 512 RoIs of 7x7 instead of the output's 25 MB, and ~10x slower).
+    # image for 512 RoIs of 7x7 instead of the output's 25 MB, and many times slower).
     live = jnp.any(weight != 0, axis=-1, keepdims=True)
     return jnp.where(live, acc, 0.0).astype(flat.dtype)
 

@@ -1,12 +1,12 @@
 """Run a per-slot computation on only the filled leading slots, with static shapes.
 
 The mask branch has a static number of slots per image (every slot that could hold a
-positive: 128 for 512 sampled RoIs at 25%), but a step often fills far fewer (43 of 128 on the
-R50-FPN benchmark batch). `run_filled_slots` picks, on device, the smallest of a few static
-slot counts ("buckets") that holds every filled slot, runs the computation on that prefix in a
-`lax.switch` (one compiled branch per bucket, one trace in all), and pads its outputs back to
-the full slot count with zeros. Results equal running on every slot wherever the caller
-reads them (the filled slots).
+positive: 128 for 512 sampled RoIs at 25%), but a step often fills far fewer (figures in
+benchmarks/README.md, "Figures behind design choices"). `run_filled_slots` picks, on device,
+the smallest of a few static slot counts ("buckets") that holds every filled slot, runs the
+computation on that prefix in a `lax.switch` (one compiled branch per bucket, one trace in
+all), and pads its outputs back to the full slot count with zeros. Results equal running on
+every slot wherever the caller reads them (the filled slots).
 
 Differentiable with respect to `shared` (parameters, feature maps). Differentiating through
 `lax.switch` itself would make every branch output every other branch's residuals,

@@ -20,7 +20,7 @@ class Upsample2x(nn.Module):
 
     With kernel size equal to stride the output windows do not overlap: output pixel
     (2i + a, 2j + b) is x[i, j] @ kernel[a, b] + bias. A per-pixel matmul to 4 * out channels
-    followed by a reshape computes exactly that, and on CPU its backward pass is ~5x faster
+    followed by a reshape computes exactly that, and on CPU its backward pass is much faster
     than XLA's lhs-dilated convolution (nn.ConvTranspose) at mask-head sizes.
 
     The kernel is stored as (2, 2, in, out) with kernel[a, b] the weights of output offset
